@@ -31,5 +31,5 @@ setup(
         "report": ["matplotlib>=3.7"],
         "dev": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.5", "matplotlib>=3.7"],
     },
-    entry_points={"console_scripts": ["metareward=metareward.cli:main"]},
+    entry_points={"console_scripts": ["metareward=metareward.cli:entry"]},
 )

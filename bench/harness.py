@@ -14,6 +14,9 @@ from typing import Callable
 
 import torch
 
+from metareward.utils import peak_memory as peak_memory_now
+from metareward.utils import reset_peak_memory, rss_bytes
+
 
 def device_name(device: torch.device) -> str:
     if device.type == "cuda":
@@ -26,31 +29,6 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _rss_now() -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _reset_peak_rss() -> bool:
-    try:  # Linux: writing 5 to clear_refs resets the peak RSS (VmHWM) to the current RSS
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def _peak_rss() -> int | None:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return None
-
-
 def peak_memory(fn: Callable[[], object], device: torch.device) -> int | None:
     """Peak bytes allocated by one call of fn beyond what was allocated before it (CUDA: the caching
     allocator's counters; CPU: the process's peak RSS, which also counts the allocator's slack)."""
@@ -61,11 +39,11 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> int | None:
         fn()
         sync(device)
         return torch.cuda.max_memory_allocated(device) - base
-    base = _rss_now()
-    if base is None or not _reset_peak_rss():
+    base = rss_bytes()
+    if base is None or not reset_peak_memory(device):
         return None
     fn()
-    return _peak_rss() - base
+    return peak_memory_now(device) - base
 
 
 def time_fn(fn: Callable[[], object], device: torch.device, warmup: int = 3, rep: int = 10,

@@ -48,9 +48,11 @@ def load_model(path, dtype=None, device=None, chat_template=None, max_model_len:
     return model, tok
 
 
-def save_model(model: CausalLM, tokenizer, path, dtype=None, max_shard_size: int = 5 * 2**30):
-    """Save as an HF directory (sharded above max_shard_size bytes) that transformers and vLLM load."""
+def save_model(model: CausalLM, tokenizer, path, dtype=None, max_shard_size: int = 5 * 2**30,
+               extra_files: dict[str, str] | None = None):
+    """Save as an HF directory (sharded above max_shard_size bytes) that transformers and vLLM load.
+    The directory appears complete or not at all (written under a temporary name, then renamed)."""
     state = state_for_save(model, parse_dtype(dtype))
     if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_rank():
         return None  # rank 0 writes; the other ranks only took part in gathering the shards
-    return write_checkpoint(state, model.config, tokenizer, path, max_shard_size)
+    return write_checkpoint(state, model.config, tokenizer, path, max_shard_size, extra_files=extra_files)

@@ -123,7 +123,8 @@ def _shards(state: dict[str, torch.Tensor], max_shard_bytes: int) -> list[dict[s
 
 
 def write_checkpoint(state: dict[str, torch.Tensor], cfg: ModelConfig, tokenizer, path: str | os.PathLike,
-                     max_shard_bytes: int = 5 * 2**30, overwrite: bool = True) -> Path:
+                     max_shard_bytes: int = 5 * 2**30, overwrite: bool = True,
+                     extra_files: dict[str, str] | None = None) -> Path:
     """Write a complete HF model directory under a temporary name, then rename it into place."""
     path = Path(path)
     if path.exists() and not path.is_dir():
@@ -157,6 +158,8 @@ def write_checkpoint(state: dict[str, torch.Tensor], cfg: ModelConfig, tokenizer
             (tmp / "generation_config.json").write_text(json.dumps(gen, indent=2))
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
+        for name, text in (extra_files or {}).items():
+            (tmp / name).write_text(text)
         if path.exists():
             shutil.rmtree(path)
         os.rename(tmp, path)

@@ -25,8 +25,9 @@ class ModelConfig:
     rope_scaling: dict | None
     max_position_embeddings: int
     tie_word_embeddings: bool
-    attention_bias: bool  # q/k/v biases (Qwen2, optional in Llama)
-    mlp_bias: bool
+    qkv_bias: bool  # Qwen2 always; Llama / Qwen3 when attention_bias
+    o_bias: bool  # Llama / Qwen3 when attention_bias (Qwen2 never)
+    mlp_bias: bool  # Llama only
     qk_norm: bool  # per-head RMSNorm on q and k before RoPE (Qwen3)
     sliding_window: int | None
     eos_token_ids: tuple[int, ...] = ()
@@ -72,8 +73,9 @@ class ModelConfig:
                 rope_scaling=None if rtype == "default" else rope,
                 max_position_embeddings=int(d.get("max_position_embeddings", 2048)),
                 tie_word_embeddings=bool(d.get("tie_word_embeddings", False)),
-                attention_bias=bool(d.get("attention_bias", mt == "qwen2")),
-                mlp_bias=bool(d.get("mlp_bias", False)),
+                qkv_bias=mt == "qwen2" or (mt != "mistral" and bool(d.get("attention_bias", False))),
+                o_bias=mt in ("llama", "qwen3") and bool(d.get("attention_bias", False)),
+                mlp_bias=mt == "llama" and bool(d.get("mlp_bias", False)),
                 qk_norm=mt == "qwen3",
                 sliding_window=int(window) if window else None,
                 eos_token_ids=_eos_ids(d, generation_config or {}),
@@ -99,8 +101,9 @@ class ModelConfig:
     def num_params(self) -> int:
         h, i, v = self.hidden_size, self.intermediate_size, self.vocab_size
         q, kv = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
-        attn = h * q * 2 + h * kv * 2 + (q + 2 * kv if self.attention_bias else 0)
-        layer = attn + 3 * h * i + 2 * h + (2 * self.head_dim if self.qk_norm else 0)
+        attn = h * q * 2 + h * kv * 2 + (q + 2 * kv if self.qkv_bias else 0) + (h if self.o_bias else 0)
+        mlp = 3 * h * i + (2 * i + h if self.mlp_bias else 0)
+        layer = attn + mlp + 2 * h + (2 * self.head_dim if self.qk_norm else 0)
         return self.num_layers * layer + v * h * (1 if self.tie_word_embeddings else 2) + h
 
 

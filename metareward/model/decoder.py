@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from ..kernels.linear_logprobs import linear_logprobs
 from .attention import Packed
 from .config import ModelConfig
 from .rope import apply_rope, cos_sin, inv_freq
@@ -30,11 +31,11 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer: int):
         super().__init__()
         self.layer, self.nh, self.nkv, self.hd = layer, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
-        b = cfg.attention_bias
+        b = cfg.qkv_bias
         self.q_proj = nn.Linear(cfg.hidden_size, self.nh * self.hd, bias=b)
         self.k_proj = nn.Linear(cfg.hidden_size, self.nkv * self.hd, bias=b)
         self.v_proj = nn.Linear(cfg.hidden_size, self.nkv * self.hd, bias=b)
-        self.o_proj = nn.Linear(self.nh * self.hd, cfg.hidden_size, bias=False)
+        self.o_proj = nn.Linear(self.nh * self.hd, cfg.hidden_size, bias=cfg.o_bias)
         if cfg.qk_norm:
             self.q_norm = RMSNorm(self.hd, cfg.rms_norm_eps)
             self.k_norm = RMSNorm(self.hd, cfg.rms_norm_eps)
@@ -92,6 +93,7 @@ class CausalLM(nn.Module):
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.tie_weights()
         self.gradient_checkpointing = False
+        self.weights_version = 0  # bumped by every optimizer step; the engine drops stale prefix-cache KV on it
         self._inv_freq: dict[torch.device, torch.Tensor] = {}  # not a buffer: derived, never saved
 
     def tie_weights(self) -> None:
@@ -123,6 +125,11 @@ class CausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.lm_head(hidden)
+
+    def token_logprobs(self, input_ids, positions, attn, index, targets) -> torch.Tensor:
+        # -> float32 [M]: log p(targets[j] | tokens up to index[j]), without ever holding [M, V] logits
+        h = self.hidden_states(input_ids, positions, attn)[index]
+        return linear_logprobs(h, self.lm_head.weight, targets)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         # input_ids: [B, T] -> logits [B, T, V]; plain causal forward, no cache, no padding

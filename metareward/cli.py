@@ -1,0 +1,121 @@
+"""Command line: parse options, call the library, print. Errors caused by user input are one line
+`error: ...` with exit code 2 (a traceback only with --debug)."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import click
+
+from ._version import __version__
+from .errors import UserError
+
+model_option = click.option("--model", default="tiny-random", show_default=True,
+                            help="Local Hugging Face model directory, or tiny-random (built in).")
+dtype_option = click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None,
+                            help="Weights dtype [default: bfloat16 on CUDA, float32 on CPU].")
+device_option = click.option("--device", default=None, help="cpu, cuda, cuda:1 ... [default: cuda if available].")
+template_option = click.option("--chat-template", type=click.Path(dir_okay=False), default=None,
+                               help="A Jinja chat template file, for tokenizers that have none.")
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
+@click.version_option(__version__, prog_name="metareward")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def cli(debug):
+    """Meta-Rewarding: a model acts, judges and meta-judges itself, and is trained by DPO in place."""
+
+
+@cli.command()
+@model_option
+@click.option("--prompts", required=True, type=click.Path(), help="JSONL with a `prompt` field per line.")
+@click.option("--output", required=True, type=click.Path(dir_okay=False), help="JSONL, one line per sample.")
+@click.option("--n", default=1, help="Samples per prompt.")
+@click.option("--temperature", default=1.0)
+@click.option("--top-p", default=1.0)
+@click.option("--top-k", default=0, help="0: off.")
+@click.option("--min-p", default=0.0)
+@click.option("--max-tokens", default=256)
+@click.option("--seed", default=0, help="Per-request seeds derive from it: same seed, same samples.")
+@click.option("--stop", multiple=True, help="Stop string (repeatable); cut from the text.")
+@click.option("--raw", is_flag=True, help="Tokenize the prompt text as is, without the chat template.")
+@click.option("--skip-long", is_flag=True, help="Skip prompts longer than the context instead of failing.")
+@click.option("--max-model-len", default=None, type=int, help="Context length [default: the model's].")
+@template_option
+@dtype_option
+@device_option
+def generate(model, prompts, output, n, temperature, top_p, top_k, min_p, max_tokens, seed, stop, raw, skip_long,
+             max_model_len, chat_template, dtype, device):
+    """Generate samples for every prompt of a file."""
+    from . import load_model
+    from .engine import Engine, SamplingParams
+    from .generate import generate_file
+
+    params = SamplingParams(n=n, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p,
+                            max_tokens=max_tokens, stop=list(stop), seed=seed)
+    m, tok = load_model(model, dtype=dtype, device=device, chat_template=chat_template, max_model_len=max_model_len)
+    engine = Engine(m, tok, max_model_len=max_model_len)
+    summary = generate_file(engine, prompts, output, params, raw=raw, skip_long=skip_long)
+    click.echo(json.dumps(summary), err=True)
+
+
+@cli.command("train-dpo")
+@model_option
+@click.option("--pairs", required=True, type=click.Path(), help="JSONL {prompt, chosen, rejected} (TRL format).")
+@click.option("--output", required=True, type=click.Path(file_okay=False), help="Directory for the checkpoint.")
+@click.option("--beta", default=0.1)
+@click.option("--loss", type=click.Choice(["sigmoid", "ipo"]), default="sigmoid")
+@click.option("--label-smoothing", default=0.0)
+@click.option("--alpha", default=0.0, help="Weight of the chosen response's NLL (RPO).")
+@click.option("--lr", default=1e-6)
+@click.option("--epochs", default=1)
+@click.option("--batch-size", default=16, help="Pairs per optimizer step, over all processes.")
+@click.option("--micro-batch-tokens", default=8192, help="Token budget of one forward/backward pass.")
+@click.option("--max-length", default=2048, help="Longer pairs are truncated (responses cut).")
+@click.option("--warmup-ratio", default=0.1)
+@click.option("--schedule", type=click.Choice(["cosine", "linear", "constant"]), default="cosine")
+@click.option("--seed", default=0)
+@click.option("--gradient-checkpointing", is_flag=True)
+@click.option("--force", is_flag=True, help="Replace a non-empty output directory.")
+@template_option
+@dtype_option
+@device_option
+def train_dpo_cmd(model, pairs, output, beta, loss, label_smoothing, alpha, lr, epochs, batch_size,
+                  micro_batch_tokens, max_length, warmup_ratio, schedule, seed, gradient_checkpointing, force,
+                  chat_template, dtype, device):
+    """DPO on preference pairs, in place on the model's own weights (torchrun: FSDP2)."""
+    from .config import DPOConfig
+    from .trainer.job import train_dpo
+
+    cfg = DPOConfig(loss=loss, beta=beta, label_smoothing=label_smoothing, alpha=alpha, lr=lr, epochs=epochs,
+                    batch_size=batch_size, micro_batch_tokens=micro_batch_tokens, max_length=max_length,
+                    warmup_ratio=warmup_ratio, schedule=schedule, seed=seed,
+                    gradient_checkpointing=gradient_checkpointing)
+    summary = train_dpo(model, pairs, output, cfg, force=force, dtype=dtype, device=device,
+                        chat_template=chat_template)
+    if os.environ.get("RANK", "0") == "0":
+        click.echo(json.dumps(summary), err=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv or os.environ.get("METAREWARD_DEBUG") == "1"
+    try:
+        cli.main(args=argv, prog_name="metareward", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        return e.exit_code
+    except click.exceptions.Abort:
+        click.echo("error: aborted", err=True)
+        return 130
+    except (click.ClickException, UserError) as e:
+        if debug:
+            raise
+        msg = e.format_message() if isinstance(e, click.ClickException) else str(e)
+        click.echo(f"error: {' '.join(msg.split())}", err=True)
+        return 2
+    return 0
+
+
+def entry() -> None:
+    sys.exit(main())

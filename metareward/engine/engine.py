@@ -1,0 +1,230 @@
+"""The generation engine: prompts in, samples out. step() reads as schedule -> run -> postprocess."""
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+
+import torch
+from tqdm.auto import tqdm
+
+from ..errors import UserError
+from ..model.tokenizer import chat_ids
+from .block_manager import BlockManager
+from .model_runner import ModelRunner
+from .params import SamplingParams
+from .scheduler import Scheduler
+from .sequence import Sequence, sample_seed
+
+
+@dataclass
+class Sample:
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # "stop" | "length"
+    cumulative_logprob: float
+    logprobs: list[float] | None
+    num_cached_tokens: int  # prompt tokens this sample did not compute (prefix cache, or shared with sample 0)
+
+
+@dataclass
+class Output:
+    prompt_token_ids: list[int]
+    samples: list[Sample]
+    num_prompt_tokens: int
+    num_cached_tokens: int  # summed over the samples
+
+    @property
+    def outputs(self) -> list[Sample]:  # vLLM's name
+        return self.samples
+
+
+@dataclass
+class Stats:
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    computed_tokens: int = 0  # prefill tokens actually run through the model
+    output_tokens: int = 0
+    seconds: float = 0.0
+    preemptions: int = 0
+    steps: dict = field(default_factory=lambda: {"prefill": 0, "decode": 0})
+
+    @property
+    def hit_rate(self) -> float:
+        return self.cached_tokens / max(1, self.prompt_tokens)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.output_tokens / max(self.seconds, 1e-9)
+
+
+class Engine:
+    def __init__(self, model, tokenizer, *, max_model_len: int | None = None, block_size: int = 16,
+                 max_num_seqs: int = 256, max_num_batched_tokens: int | None = None, num_kv_blocks: int | None = None,
+                 kv_cache_memory: float | None = None, cuda_graphs: bool | None = None, seed: int = 0):
+        self.model, self.tokenizer = model, tokenizer
+        cfg = model.config
+        self.max_model_len = min(max_model_len or cfg.max_position_embeddings, cfg.max_position_embeddings)
+        cfg.check_context(self.max_model_len)
+        cuda = model.device.type == "cuda"
+        if max_num_batched_tokens is None:  # CPU prefill is compute-bound at a few thousand tokens already
+            max_num_batched_tokens = 8192 if cuda else 2048
+        if kv_cache_memory is None:  # CUDA: fraction of free memory; CPU: bytes
+            kv_cache_memory = 0.85 if cuda else float(2**30)
+        if block_size < 1 or max_num_seqs < 1 or max_num_batched_tokens < 1:
+            raise UserError("block_size, max_num_seqs and max_num_batched_tokens must be >= 1")
+        self.runner = ModelRunner(model, block_size, self.max_model_len, max_num_seqs, num_kv_blocks,
+                                  kv_cache_memory, cuda if cuda_graphs is None else cuda_graphs)
+        self.blocks: BlockManager | None = None
+        self.max_num_seqs, self.max_num_batched_tokens = max_num_seqs, max_num_batched_tokens
+        eos = set(cfg.eos_token_ids)
+        if tokenizer is not None and tokenizer.eos_token_id is not None:
+            eos.add(tokenizer.eos_token_id)
+        self.eos_ids = frozenset(eos)
+        self.rng = random.Random(seed)
+        self.stats = Stats()
+
+    # -- memory ----------------------------------------------------------------------------------------
+    def wake(self) -> None:
+        """Allocate the KV cache (on first use, or after release())."""
+        if self.runner.kv is None:
+            self.runner.allocate()
+            self.blocks = BlockManager(self.runner.num_blocks(), self.runner.block_size)
+
+    def release(self) -> None:
+        """Free the KV cache, e.g. for training. The prefix cache goes with it: after the weights change,
+        cached KV would be stale."""
+        self.runner.release()
+        self.blocks = None
+
+    # -- prompts ---------------------------------------------------------------------------------------
+    def encode(self, prompt) -> list[int]:
+        if isinstance(prompt, str):
+            return self.tokenizer.encode(prompt)
+        if isinstance(prompt, list) and all(isinstance(m, dict) for m in prompt) and prompt:
+            return chat_ids(self.tokenizer, prompt)
+        if isinstance(prompt, list) and all(isinstance(t, int) for t in prompt):
+            return list(prompt)
+        raise UserError(f"a prompt must be a string, a list of chat messages or a list of token ids, "
+                        f"got {type(prompt).__name__}")
+
+    def _check(self, ids: list[int], params: SamplingParams, index: int) -> None:
+        if not ids:
+            raise UserError(f"prompt {index} is empty")
+        if len(ids) >= self.max_model_len:
+            raise UserError(f"prompt {index} has {len(ids)} tokens; the context is {self.max_model_len}")
+        vocab = self.model.config.vocab_size
+        if min(ids) < 0 or max(ids) >= vocab:
+            raise UserError(f"prompt {index} has token ids outside [0, {vocab})")
+        need = self.blocks.blocks_for(min(len(ids) + params.max_tokens, self.max_model_len))
+        if need > len(self.blocks.blocks):
+            raise UserError(f"prompt {index} needs {need} KV blocks but the cache has {len(self.blocks.blocks)}: "
+                            "lower max_tokens or give the cache more memory")
+
+    # -- generation ------------------------------------------------------------------------------------
+    def generate(self, prompts: list, params: SamplingParams | list[SamplingParams] | None = None,
+                 use_tqdm: bool = True) -> list[Output]:
+        params = params or SamplingParams()
+        params = list(params) if isinstance(params, (list, tuple)) else [params] * len(prompts)
+        if len(params) != len(prompts):
+            raise UserError(f"{len(prompts)} prompts but {len(params)} sampling params")
+        self.wake()
+        ids = [self.encode(p) for p in prompts]
+        for i, (x, p) in enumerate(zip(ids, params)):
+            self._check(x, p, i)
+        self.scheduler = Scheduler(self.blocks, self.max_num_seqs, self.max_num_batched_tokens)
+        done: list[list[Sequence]] = [[] for _ in prompts]
+        self._next_id = 0
+        for i, (x, p) in enumerate(zip(ids, params)):
+            self.scheduler.add(self._new_seq(i, 0, x, p))
+        bar = tqdm(total=len(prompts), desc="generate", unit="req", disable=not use_tqdm, dynamic_ncols=True)
+        t0, out0 = time.perf_counter(), self.stats.output_tokens
+        while self.scheduler.has_work():
+            for seq in self.step():
+                done[seq.request].append(seq)
+                if len(done[seq.request]) == params[seq.request].n:
+                    bar.update(1)
+            if use_tqdm:
+                tok_s = (self.stats.output_tokens - out0) / max(time.perf_counter() - t0, 1e-9)
+                bar.set_postfix_str(f"{tok_s:.0f} tok/s out, prefix cache {self.stats.hit_rate:.0%}", refresh=False)
+        bar.close()
+        self.stats.seconds += time.perf_counter() - t0
+        self.stats.preemptions += self.scheduler.num_preemptions
+        return [self._output(x, sorted(d, key=lambda s: s.sample)) for x, d in zip(ids, done)]
+
+    def _new_seq(self, request: int, sample: int, ids: list[int], p: SamplingParams) -> Sequence:
+        base = p.seed if p.seed is not None else self.rng.getrandbits(63)
+        self._next_id += 1
+        return Sequence(self._next_id, request, sample, ids, p, sample_seed(base, sample) if p.seed is not None
+                        else base)
+
+    def step(self) -> list[Sequence]:
+        batch, is_prefill = self.scheduler.schedule()
+        if not batch:
+            raise RuntimeError("the scheduler found nothing to run")  # _check makes this unreachable
+        self.stats.steps["prefill" if is_prefill else "decode"] += 1
+        if is_prefill:
+            logits = self.runner.prefill(batch)
+            self.stats.computed_tokens += sum(n for _, n in batch)
+        else:
+            logits = self.runner.decode([s for s, _ in batch])
+        rows, seqs = [], []
+        for i, (seq, n) in enumerate(batch):
+            seq.num_computed += n
+            if seq.num_computed < len(seq):
+                continue  # a chunk of a longer prompt: no token yet
+            rows.append(i)
+            seqs.append(seq)
+            if is_prefill and not seq.prefilled_once:
+                seq.prefilled_once = True
+                self.stats.prompt_tokens += seq.num_prompt_tokens * seq.params.n
+                self.stats.cached_tokens += seq.num_cached + seq.num_prompt_tokens * (seq.params.n - 1)
+                for j in range(1, seq.params.n):  # the other samples share this prefill
+                    child = seq.fork(self._next_id + 1, j, sample_seed(seq.params.seed, j)
+                                     if seq.params.seed is not None else self.rng.getrandbits(63))
+                    self._next_id += 1
+                    copy = self.blocks.fork(seq, child)
+                    if copy:
+                        self.runner.copy_block(*copy)
+                    self.scheduler.running.append(child)
+                    rows.append(i)
+                    seqs.append(child)
+        if not seqs:
+            return []
+        tokens, logprobs = self.runner.sample(logits[torch.tensor(rows, device=logits.device)], seqs)
+        finished = []
+        for seq, tok, lp in zip(seqs, tokens, logprobs):
+            seq.append(tok, lp)
+            self.stats.output_tokens += 1
+            if self._stopped(seq):
+                self.scheduler.finish(seq)
+                finished.append(seq)
+        return finished
+
+    def _stopped(self, seq: Sequence) -> bool:
+        p, tok = seq.params, seq.token_ids[-1]
+        if (tok in self.eos_ids and not p.ignore_eos) or tok in p.stop_token_ids:
+            seq.finish_reason = "stop"
+        elif p.stop and self._stop_string(seq) is not None:
+            seq.finish_reason = "stop"
+        elif seq.num_output >= p.max_tokens or len(seq) >= self.max_model_len:
+            seq.finish_reason = "length"
+        return seq.finish_reason is not None
+
+    def _stop_string(self, seq: Sequence) -> int | None:
+        # Search only the tail that the newest token can have completed: a stop string of c characters
+        # spans at most 4c byte-level tokens, plus a few for a partial character at the window's start.
+        window = 4 * max(len(s) for s in seq.params.stop) + 4
+        tail = self.tokenizer.decode(seq.output_ids[-window:], skip_special_tokens=True)
+        return next((i for i in (tail.find(s) for s in seq.params.stop) if i >= 0), None)
+
+    def _output(self, prompt_ids: list[int], seqs: list[Sequence]) -> Output:
+        samples = []
+        for s in seqs:
+            text = self.tokenizer.decode(s.output_ids, skip_special_tokens=True)
+            if s.params.stop:
+                cuts = [i for i in (text.find(x) for x in s.params.stop) if i >= 0]
+                text = text[:min(cuts)] if cuts else text
+            samples.append(Sample(text, s.output_ids, s.finish_reason, s.cumulative_logprob,
+                                  s.logprobs if s.params.logprobs else None, s.num_cached))
+        return Output(prompt_ids, samples, len(prompt_ids), sum(s.num_cached_tokens for s in samples))
