@@ -98,6 +98,32 @@ def train_dpo_cmd(model, pairs, output, beta, loss, label_smoothing, alpha, lr, 
         click.echo(json.dumps(summary), err=True)
 
 
+@cli.command(context_settings={"ignore_unknown_options": False})
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="YAML config [default: examples/tiny-random.yaml when --model is not given either].")
+@click.option("--model", default=None, help="Local HF model directory, or tiny-random.")
+@click.option("--prompts", default=None, help="JSONL prompts file.")
+@click.option("--output-dir", default=None)
+@click.option("--iterations", type=int, default=None)
+@click.option("--prompts-per-iteration", type=int, default=None)
+@click.option("--resume", is_flag=True, help="Continue the run in --output-dir from its last completed stage.")
+@click.option("--force", is_flag=True, help="Replace what --output-dir holds.")
+@click.argument("overrides", nargs=-1)
+def run(config_file, model, prompts, output_dir, iterations, prompts_per_iteration, resume, force, overrides):
+    """Meta-Rewarding: act, judge, meta-judge and train, for several iterations.
+
+    OVERRIDES are key=value settings, e.g. actor.n=4 dpo.lr=5e-7 judge.score_mode=expected, or per
+    iteration: train_on=[[actor,judge],[actor]]."""
+    from .recipe.config_cli import build_config
+    from .recipe.run import run as run_recipe
+
+    raw = build_config(config_file, dict(model=model, prompts=prompts, output_dir=output_dir, iterations=iterations,
+                                         prompts_per_iteration=prompts_per_iteration), list(overrides), resume)
+    path = run_recipe(raw, resume=resume, force=force)
+    if os.environ.get("RANK", "0") == "0":
+        click.echo(f"done: {path}", err=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv or os.environ.get("METAREWARD_DEBUG") == "1"

@@ -83,6 +83,9 @@ class Engine:
         self.eos_ids = frozenset(eos)
         self.rng = random.Random(seed)
         self.stats = Stats()
+        self.weights_version = model.weights_version
+        self.capture: torch.Tensor | None = None
+        self._next_id = 0
 
     # -- memory ----------------------------------------------------------------------------------------
     def wake(self) -> None:
@@ -123,21 +126,36 @@ class Engine:
 
     # -- generation ------------------------------------------------------------------------------------
     def generate(self, prompts: list, params: SamplingParams | list[SamplingParams] | None = None,
-                 use_tqdm: bool = True) -> list[Output]:
+                 use_tqdm: bool = True, desc: str = "generate") -> list[Output]:
         params = params or SamplingParams()
         params = list(params) if isinstance(params, (list, tuple)) else [params] * len(prompts)
         if len(params) != len(prompts):
             raise UserError(f"{len(prompts)} prompts but {len(params)} sampling params")
+        ids, done = self._run(prompts, params, None, use_tqdm, desc)
+        return [self._output(x, sorted(d, key=lambda s: s.sample)) for x, d in zip(ids, done)]
+
+    def next_token_logprobs(self, prompts: list, token_ids: list[int], use_tqdm: bool = True,
+                            desc: str = "score") -> list[list[float]]:
+        """log p(t | prompt) for each candidate t in token_ids, after each prompt: [len(prompts), len(token_ids)].
+        Prefill only (through the same prefix cache), no sampling."""
+        params = [SamplingParams(max_tokens=1)] * len(prompts)
+        _, done = self._run(prompts, params, torch.tensor(token_ids), use_tqdm, desc)
+        return [d[0].captured for d in done]
+
+    def _run(self, prompts, params, capture, use_tqdm, desc):
         self.wake()
+        if self.weights_version != self.model.weights_version:  # trained since the last call: KV is stale
+            self.blocks.reset_cache()
+            self.weights_version = self.model.weights_version
         ids = [self.encode(p) for p in prompts]
         for i, (x, p) in enumerate(zip(ids, params)):
             self._check(x, p, i)
         self.scheduler = Scheduler(self.blocks, self.max_num_seqs, self.max_num_batched_tokens)
+        self.capture = capture
         done: list[list[Sequence]] = [[] for _ in prompts]
-        self._next_id = 0
         for i, (x, p) in enumerate(zip(ids, params)):
             self.scheduler.add(self._new_seq(i, 0, x, p))
-        bar = tqdm(total=len(prompts), desc="generate", unit="req", disable=not use_tqdm, dynamic_ncols=True)
+        bar = tqdm(total=len(prompts), desc=desc, unit="req", disable=not use_tqdm, dynamic_ncols=True)
         t0, out0 = time.perf_counter(), self.stats.output_tokens
         while self.scheduler.has_work():
             for seq in self.step():
@@ -150,7 +168,7 @@ class Engine:
         bar.close()
         self.stats.seconds += time.perf_counter() - t0
         self.stats.preemptions += self.scheduler.num_preemptions
-        return [self._output(x, sorted(d, key=lambda s: s.sample)) for x, d in zip(ids, done)]
+        return ids, done
 
     def _new_seq(self, request: int, sample: int, ids: list[int], p: SamplingParams) -> Sequence:
         base = p.seed if p.seed is not None else self.rng.getrandbits(63)
@@ -191,6 +209,12 @@ class Engine:
                     seqs.append(child)
         if not seqs:
             return []
+        if self.capture is not None:  # next_token_logprobs: read the distribution, sample nothing
+            lp = torch.log_softmax(logits[torch.tensor(rows, device=logits.device)].float(), dim=-1)
+            for seq, row in zip(seqs, lp[:, self.capture.to(lp.device)].tolist()):
+                seq.captured, seq.finish_reason = row, "stop"
+                self.scheduler.finish(seq)
+            return seqs
         tokens, logprobs = self.runner.sample(logits[torch.tensor(rows, device=logits.device)], seqs)
         finished = []
         for seq, tok, lp in zip(seqs, tokens, logprobs):

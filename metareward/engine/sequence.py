@@ -41,7 +41,7 @@ class Sequence:
         self.cumulative_logprob = 0.0
         self.finish_reason: str | None = None
         self.prefilled_once = False  # the prompt was computed at least once (preemption recomputes it)
-        self.stop_checked = 0  # output tokens already searched for stop strings
+        self.captured: list[float] | None = None  # next_token_logprobs: the candidates' log-probs
 
     def __len__(self) -> int:
         return len(self.token_ids)

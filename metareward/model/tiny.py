@@ -10,6 +10,7 @@ from .tokenizer import tiny_tokenizer
 
 NAME = "tiny-random"
 SEED = 0
+STD = 0.1
 
 
 def tiny_config(vocab_size: int, bos: int, eos: int) -> ModelConfig:
@@ -32,6 +33,8 @@ def tiny_random(dtype: torch.dtype, device: torch.device):
         for name, p in model.named_parameters():
             if name.endswith("norm.weight") or name.endswith("layernorm.weight"):
                 continue  # RMSNorm weights stay 1
-            # std 0.02 as in transformers' initializer_range; generated on CPU so every device gets the same
-            p.copy_(torch.randn(p.shape, generator=g) * 0.02)
+            # std 0.1, not transformers' 0.02: at 0.02 the next-token distribution barely depends on the
+            # context (a meta-judge verdict comes out the same whatever the judgments say), at 0.1 it does.
+            # Drawn on the CPU so that every device gets the same weights.
+            p.copy_(torch.randn(p.shape, generator=g) * STD)
     return model.to(device=device, dtype=dtype), tok

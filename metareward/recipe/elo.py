@@ -21,7 +21,9 @@ from ..errors import UserError
 # moving ratings that the data do pin down by only ~λ/curvature. Since the likelihood does not change when all
 # ratings shift together, the penalized optimum also has Σε = 0: the L2 term does the centering.
 DEFAULT_L2 = 1e-3
-_NEWTON_DECREMENT = 1e-20  # stop when g·H⁻¹·g (≈ 2·(f* - f)) is below this: ratings then good to ~1e-9
+# Stop when g·H⁻¹·g (≈ 2·(f* - f)) is below this, relative to 1 + |f|: f is then at float64 precision
+# and the ratings good to ~1e-8; asking for less than f's own rounding error would never stop.
+_NEWTON_DECREMENT = 1e-16
 
 
 def select_response(judgment_scores: Sequence[Sequence[float | None]]) -> int | None:
@@ -118,7 +120,7 @@ def fit_elo(wins: np.ndarray, l2: float = DEFAULT_L2, max_iter: int = 100) -> np
         H = S - np.diag(S.sum(1)) - 2 * l2 * np.eye(len(e))  # minus a graph Laplacian, minus 2λ·I
         step = np.linalg.solve(H, -g)
         decrement = float(g @ step)  # > 0: H is negative definite
-        if decrement <= _NEWTON_DECREMENT:
+        if decrement <= _NEWTON_DECREMENT * (1 + abs(f)):
             return _center(e + step)
         t = 1.0
         while True:  # Armijo: accept once the gain is at least a quarter of the linear prediction

@@ -158,3 +158,28 @@ def test_bad_prompts(llama_pair, tok):
         engine.generate(["hello"], SamplingParams(max_tokens=50), use_tqdm=False)
     with pytest.raises(UserError, match="outside"):
         engine.generate([[1, 2, 99999]], use_tqdm=False)
+
+
+def test_next_token_logprobs_match_full_forward(llama_pair, tok):
+    _, model = llama_pair
+    engine = Engine(model, tok, num_kv_blocks=128, block_size=4)
+    prompts = ["Score the answer. Score: ", "Score the answer. Another one. Score: "]
+    cands = [48, 49, 50, 53]
+    got = engine.next_token_logprobs(prompts, cands, use_tqdm=False)
+    for p, row in zip(prompts, got):
+        ids = engine.encode(p)
+        with torch.no_grad():
+            ref = torch.log_softmax(model(torch.tensor([ids]))[0, -1].double(), -1)[cands]
+        assert row == pytest.approx(ref.tolist(), abs=1e-5)
+    assert engine.stats.cached_tokens > 0  # the shared "Score the answer." block came from the cache
+
+
+def test_training_in_place_invalidates_prefix_cache(llama_pair, tok):
+    _, model = llama_pair
+    engine = Engine(model, tok, num_kv_blocks=128, block_size=4)
+    p = SamplingParams(temperature=0, max_tokens=4)
+    engine.generate(["a prompt that fills blocks"], p, use_tqdm=False)
+    model.weights_version += 1  # what an optimizer step does
+    out = engine.generate(["a prompt that fills blocks"], p, use_tqdm=False)[0]
+    model.weights_version -= 1
+    assert out.num_cached_tokens == 0

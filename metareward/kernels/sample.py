@@ -1,0 +1,430 @@
+"""Batched sampling: temperature -> top-k -> top-p -> min-p, one token per row, and its raw log-probability.
+
+Randomness is Gumbel-max with counter-based noise: g[b, i] = Gumbel(hash(seed[b], offset[b], i)), and the sample
+is the argmax over the kept tokens of z_i + g_i (z = logits / temperature). The noise is fixed per (row, token),
+so the token is a function of the kept set alone, however it is found: the sort-free kernel is exact, a row never
+depends on its batch, and the torch reference draws the very same token.
+
+Every filter keeps {i : z_i >= tau}, so the kernel's job is to find tau exactly while reading the row few times
+(fp32, V=128256: 513 KB a row; B=256 is 131 MB, ~33 us a pass on an H200). One program per row, BLOCK-wide tiles:
+  pass 1 (always): raw max / logsumexp (logprobs), tempered mass S, tile maxima, lane maxima, and the Gumbel argmax
+    over every token. Greedy rows and rows without filters end here: 1 pass.
+  pass 2 (top-k; top-p or min-p when few tokens can survive): the BLOCK lane maxima, sorted in registers, bound
+    tau from below (the k largest lane maxima are k distinct tokens, so the k-th of them <= the k-th largest z;
+    lane maxima that already carry p*S of the mass cut everything below them). The pass gathers every token above
+    that bound (~1.4k for k=1000, 2048 lanes; at most S*e^(max-q) for top-p/min-p) into CAP slots, and the
+    reference's own sort-based rule runs on them in registers: 2 passes.
+  otherwise (flat top-p, small min-p, overflow): rejection rounds. A pass checks the candidate c (mass above z_c)
+    and takes the next candidate, the Gumbel argmax over {z > z_c}; c is kept with probability >= top_p, so top-p
+    0.9 costs ~2.1 passes, min-p alone <= 2. The pivot z_c strictly increases: <= V rounds, always terminates.
+  top-k whose candidates overflowed CAP (k > CAP/2, heavy ties): the exact k-th value by bisection on the float's
+    ordered bits, both ends snapped to token values (<= 33 counting passes, rare), then the rejection rounds.
+Passes after the first skip tiles whose maximum (kept from pass 1) is below the current bound: on peaked LLM
+logits they read a few tiles, not the row. Sorting (FlashInfer's rejection sampler without a sort, and the torch
+reference with one) would read and write the whole row several times.
+"""
+from __future__ import annotations
+
+from numbers import Integral, Real
+
+import torch
+
+from metareward.errors import UserError
+from metareward.kernels.dispatch import HAS_TRITON, tl, triton, use_triton
+
+NEG, POS = float("-inf"), float("inf")
+_M32 = 0xFFFFFFFF
+_MUL1, _MUL2, _SALT_A, _SALT_B = 0x21F0AAAD, 0x735A2D97, 0x2545F491, 0x1B873593  # < 2**31: int32 literals in Triton
+_THIRD = 0.3333333432674408  # float32(1/3), spelled out so both paths round nothing
+_jit = triton.jit if HAS_TRITON else (lambda fn: fn)
+_NEG, _POS = (tl.constexpr(NEG), tl.constexpr(POS)) if HAS_TRITON else (NEG, POS)  # globals a kernel may read
+
+
+# ------------------------------------------------------------------------------------------------ shared noise
+def _mix32_torch(x):  # lowbias32 (C. Wellons): a full-avalanche bijection on 32 bits; int64 tensors hold the u32
+    x = x ^ (x >> 16)
+    x = (x * _MUL1) & _M32
+    x = x ^ (x >> 15)
+    x = (x * _MUL2) & _M32
+    return x ^ (x >> 15)
+
+
+def gumbel_noise(seed: torch.Tensor, offset: torch.Tensor, V: int) -> torch.Tensor:
+    """[B, V] float32 Gumbel(0, 1) noise from hash(seed[b], offset[b], i), bit for bit what the kernel adds."""
+    seed, offset = seed.long(), offset.long()
+    a = _mix32_torch((seed & _M32) ^ _SALT_A)
+    for word in ((seed >> 32) & _M32, offset & _M32, (offset >> 32) & _M32):
+        a = _mix32_torch(a ^ word)
+    b = _mix32_torch(a ^ _SALT_B)
+    h = _mix32_torch((torch.arange(V, device=seed.device) * (a | 1)[:, None] + b[:, None]) & _M32)
+    w = (h.float() + 0.5) * 2.0**-32  # uniform in (0, 1], 2^-32 resolution near 0
+    # E = -log(1 - w) ~ Exp(1); the series keeps small E (the ones that win the argmax) at full relative precision
+    e = torch.where(w < 2.0**-7, w * (1.0 + w * (0.5 + w * _THIRD)), -torch.log(1.0 - w))
+    return -torch.log(e)
+
+
+# ------------------------------------------------------------------------------------------------ torch reference
+def _threshold(z: torch.Tensor, top_k, top_p, min_p) -> torch.Tensor:
+    # z: [B, V] tempered logits -> tau: [B]; the kept set is {i : z_i >= tau}
+    V = z.shape[1]
+    zs = z.sort(dim=1, descending=True).values
+    mz = zs[:, 0]
+    k_on = (top_k > 0) & (top_k < V)
+    tau_k = torch.where(k_on, zs.gather(1, (top_k.clamp(1, V) - 1)[:, None])[:, 0], NEG)  # ties at the k-th: kept
+    w = torch.where(zs >= tau_k[:, None], torch.exp(zs - mz[:, None]), 0.0)  # top-k kept mass, sorted
+    # top-p keeps token i iff the mass of the tokens strictly more probable than i is < p * (top-k mass). Over the
+    # sorted row the exclusive cumsum is that mass at the first token of each tie group and only grows inside it,
+    # so {j : excl_j < pM} is a prefix ending at tau_p: the "smallest prefix whose sum reaches p" rule, made
+    # tie-invariant by keeping the boundary token's whole tie group. The top token is always kept (p <= 0 too).
+    head = (torch.cumsum(w, 1) - w) < (top_p * w.sum(1))[:, None]
+    head[:, 0] = True
+    tau_p = torch.where(top_p < 1, torch.where(head, zs, POS).amin(1), NEG)
+    tau_m = torch.where(min_p > 0, torch.minimum(mz + torch.log(min_p), mz), NEG)  # p_i >= min_p * p_max
+    return torch.maximum(torch.maximum(tau_k, tau_p), tau_m)
+
+
+def processed_probs(logits, temperature, top_k, top_p, min_p) -> torch.Tensor:
+    """[B, V] float64: the exact distribution sample() draws from (one-hot argmax where temperature <= 0)."""
+    _, V, (t, k, p, mp) = _prepare(logits, temperature, top_k, top_p, min_p)
+    x = logits.double()
+    z = x / torch.where(t > 0, t, 1.0).double()[:, None]
+    kept = z >= _threshold(z, k, p.double(), mp.double())[:, None]
+    probs = torch.softmax(torch.where(kept, z, NEG), dim=1)
+    return torch.where((t > 0)[:, None], probs, torch.nn.functional.one_hot(x.argmax(1), V).double())
+
+
+def sample_torch(logits, temperature, top_k, top_p, min_p, seed, offset):
+    """Sort-based reference (CPU path, test oracle): same signature, same tokens as the kernel."""
+    _, V, (t, k, p, mp, s, o) = _prepare(logits, temperature, top_k, top_p, min_p, seed, offset)
+    x = logits.float()
+    z = x * torch.where(t > 0, 1.0 / t, 1.0)[:, None]  # the kernel's z, bit for bit
+    key = torch.where(z >= _threshold(z, k, p, mp)[:, None], z + gumbel_noise(s, o, V), NEG)
+    tokens = torch.where(t > 0, key.argmax(1), x.argmax(1))  # argmax: first maximum, like the kernel
+    return tokens, torch.log_softmax(x, 1).gather(1, tokens[:, None])[:, 0]
+
+
+# ------------------------------------------------------------------------------------------------ Triton
+@_jit
+def _mix32(x):
+    x = x ^ (x >> 16)
+    x = x * 0x21F0AAAD
+    x = x ^ (x >> 15)
+    x = x * 0x735A2D97
+    return x ^ (x >> 15)
+
+
+@_jit
+def _row_keys(seed, offset):  # [R, 1] int64 each -> two [R, 1] uint32 keys, as in gumbel_noise
+    a = _mix32((seed & 0xFFFFFFFF).to(tl.uint32) ^ 0x2545F491)
+    a = _mix32(a ^ ((seed >> 32) & 0xFFFFFFFF).to(tl.uint32))
+    a = _mix32(a ^ (offset & 0xFFFFFFFF).to(tl.uint32))
+    a = _mix32(a ^ ((offset >> 32) & 0xFFFFFFFF).to(tl.uint32))
+    return a | 1, _mix32(a ^ 0x1B873593)
+
+
+@_jit
+def _gumbel(idx, ka, kb):  # idx: [1, BLOCK] or [R, CAP] token ids -> [R, *] float32, as in gumbel_noise
+    h = _mix32(idx.to(tl.uint32) * ka + kb)
+    w = (h.to(tl.float32) + 0.5) * 2.3283064365386963e-10
+    e = tl.where(w < 0.0078125, w * (1.0 + w * (0.5 + w * 0.3333333432674408)), -tl.log(1.0 - w))
+    return -tl.log(e)
+
+
+@_jit
+def _argmax(key, idx):  # [R, N] -> [R, 1]: the lowest index among the maxima
+    top = tl.max(key, axis=1, keep_dims=True)
+    return tl.min(tl.where(key == top, idx, 2147483647), axis=1, keep_dims=True)
+
+
+@_jit
+def _tile_max(tmax, b, NB: tl.constexpr):  # [R, NB] -> [R, 1]: max z of tile b
+    return tl.max(tl.where(tl.arange(0, NB)[None, :] == b, tmax, _NEG), axis=1, keep_dims=True)
+
+
+@_jit
+def _ordered(f):  # float32 <-> int32 whose signed order is the float order (an involution on the bits)
+    b = f.to(tl.int32, bitcast=True)
+    return b ^ ((b >> 31) & 0x7FFFFFFF)
+
+
+@_jit
+def _pass1(row, V, ok, inv_t, greedy, ka, kb, R: tl.constexpr, BLOCK: tl.constexpr, NB: tl.constexpr):
+    cols = tl.arange(0, BLOCK)[None, :]
+    m = tl.full([R, 1], _NEG, tl.float32)  # running raw max
+    s_x = tl.zeros([R, BLOCK], tl.float32)  # per-lane sums of exp(x - m): one reduction at the end, not per tile
+    s_z = tl.zeros([R, BLOCK], tl.float32)  # per-lane sums of exp(z - m * inv_t)
+    lane = tl.full([R, BLOCK], _NEG, tl.float32)
+    best = tl.full([R, BLOCK], _NEG, tl.float32)
+    best_i = tl.zeros([R, BLOCK], tl.int32)
+    tmax = tl.full([R, NB], _NEG, tl.float32)
+    for b in range(0, tl.cdiv(V, BLOCK)):
+        idx = b * BLOCK + cols
+        x = tl.load(row + idx, mask=ok & (idx < V), other=_NEG).to(tl.float32)
+        z = x * inv_t
+        bm = tl.max(x, axis=1, keep_dims=True)
+        m_new = tl.maximum(m, bm)
+        m0 = tl.where(m_new == _NEG, 0.0, m_new)  # keeps exp() finite while a row has seen only -inf
+        s_x = s_x * tl.exp(m - m0) + tl.exp(x - m0)
+        s_z = s_z * tl.exp(m * inv_t - m0 * inv_t) + tl.exp(z - m0 * inv_t)
+        m = m_new
+        tmax = tl.where(tl.arange(0, NB)[None, :] == b, bm * inv_t, tmax)
+        lane = tl.maximum(lane, z)
+        key = tl.where(greedy, z, z + _gumbel(idx, ka, kb))
+        best_i = tl.where(key > best, idx, best_i)
+        best = tl.maximum(key, best)
+    lse = m + tl.log(tl.sum(s_x, axis=1, keep_dims=True))
+    return m, lse, tl.sum(s_z, axis=1, keep_dims=True), lane, tmax, _argmax(best, best_i)
+
+
+@_jit
+def _value(key):  # int64 ordered key -> float32; below the key of -inf means "none": -inf
+    return tl.where(key < -2139095041, _NEG, _ordered(key.to(tl.int32)).to(tl.float32, bitcast=True))
+
+
+@_jit
+def _search(v, w, target, hi, STRICT: tl.constexpr):
+    # v, w: [R, N] -> [R, 1] int64: the largest ordered key t <= hi with sum(w[v >= t]) >= target (v > t if
+    # STRICT), by bisection on the float's ordered bits: 33 steps in registers, no sort. The step function only
+    # moves at values of v, so the answer is one of them (or key(-inf) - 1: none).
+    lo = hi * 0 - 2139095042
+    for _ in range(33):
+        mid = lo + ((hi - lo + 1) >> 1)
+        f = _ordered(mid.to(tl.int32)).to(tl.float32, bitcast=True)
+        sel = (v > f) if STRICT else (v >= f)
+        yes = tl.sum(tl.where(sel, w, 0.0), axis=1, keep_dims=True) >= target
+        move = lo < hi
+        lo = tl.where(move & yes, mid, lo)
+        hi = tl.where(move & ~yes, mid - 1, hi)
+    return lo
+
+
+@_jit
+def _gather(row, V, inv_t, q, on, tmax, slots, R: tl.constexpr, BLOCK: tl.constexpr, NB: tl.constexpr,
+            CAP: tl.constexpr):  # writes the ids of the tokens with z >= q into slots; returns how many there are
+    cols = tl.arange(0, BLOCK)[None, :]
+    n = tl.zeros([R, 1], tl.int32)
+    for b in range(0, tl.cdiv(V, BLOCK)):
+        go = on & (_tile_max(tmax, b, NB) >= q)
+        if tl.max(go.to(tl.int32)) > 0:
+            idx = b * BLOCK + cols
+            x = tl.load(row + idx, mask=go & (idx < V), other=_NEG).to(tl.float32)
+            sel = go & (idx < V) & (x * inv_t >= q)
+            pos = n + tl.cumsum(sel.to(tl.int32), axis=1) - 1
+            tl.store(slots + pos, idx + 0 * pos, mask=sel & (pos < CAP))
+            n += tl.sum(sel.to(tl.int32), axis=1, keep_dims=True)
+    return n
+
+
+@_jit
+def _finish(row, inv_t, mz, S, k, k_on, p, p_on, tau_m, n, on, slots, ka, kb, CAP: tl.constexpr):
+    # _threshold on the gathered tokens (all that can survive) in registers, then the Gumbel argmax above tau
+    j = tl.arange(0, CAP)[None, :]
+    valid = on & (j < n)
+    idx = tl.load(slots + j, mask=valid, other=0)
+    z = tl.load(row + idx, mask=valid, other=_NEG).to(tl.float32) * inv_t
+    w = tl.exp(z - mz)
+    hi = _ordered(mz).to(tl.int64)
+    tau_k = tl.where(k_on, _value(_search(z, tl.where(valid, 1.0, 0.0), k, hi, False)), _NEG)
+    mass = tl.where(k_on, tl.sum(tl.where(z >= tau_k, w, 0.0), axis=1, keep_dims=True), S)
+    # top-p: kept iff the mass strictly above < p * mass, i.e. z >= the key after the last t with mass(z > t) >= pM
+    t_p = _search(z, w, p * mass, hi, True) + 1
+    tau_p = tl.where(p_on, tl.minimum(_ordered(t_p.to(tl.int32)).to(tl.float32, bitcast=True), mz), _NEG)
+    tau = tl.maximum(tl.maximum(tau_k, tau_p), tau_m)
+    return _argmax(tl.where(valid & (z >= tau), z + _gumbel(idx, ka, kb), _NEG), idx)
+
+
+@_jit
+def _count(row, V, inv_t, mz, lo, mid, on, tmax, R: tl.constexpr, BLOCK: tl.constexpr, NB: tl.constexpr):
+    # over z >= lo: #(z >= mid), mass(z >= mid), mass(z >= lo), min{z >= mid}, max{z < mid}
+    cols = tl.arange(0, BLOCK)[None, :]
+    c = tl.zeros([R, BLOCK], tl.int32)
+    w_mid = tl.zeros([R, BLOCK], tl.float32)
+    w_lo = tl.zeros([R, BLOCK], tl.float32)
+    mn = tl.full([R, BLOCK], _POS, tl.float32)
+    mx = tl.full([R, BLOCK], _NEG, tl.float32)
+    for b in range(0, tl.cdiv(V, BLOCK)):
+        go = on & (_tile_max(tmax, b, NB) >= lo)
+        if tl.max(go.to(tl.int32)) > 0:
+            idx = b * BLOCK + cols
+            z = tl.load(row + idx, mask=go & (idx < V), other=_NEG).to(tl.float32) * inv_t
+            w = tl.where(z >= lo, tl.exp(z - mz), 0.0)
+            ge = z >= mid
+            c += ge.to(tl.int32)
+            w_mid += tl.where(ge, w, 0.0)
+            w_lo += w
+            mn = tl.minimum(mn, tl.where(ge, z, _POS))
+            mx = tl.maximum(mx, tl.where(ge, _NEG, z))
+    return (tl.sum(c, axis=1, keep_dims=True), tl.sum(w_mid, axis=1, keep_dims=True),
+            tl.sum(w_lo, axis=1, keep_dims=True), tl.min(mn, axis=1, keep_dims=True), tl.max(mx, axis=1, keep_dims=True))
+
+
+@_jit
+def _bisect(row, V, inv_t, mz, k, lo, on, tmax, R: tl.constexpr, BLOCK: tl.constexpr, NB: tl.constexpr):
+    # tau_k (the k-th largest z) and the mass at or above it. Invariant: lo <= tau_k <= hi, both token values
+    # (or lo = -inf); each pass halves (lo, hi] in ordered-bit space and snaps the moved end to a token value.
+    hi = mz
+    mass = tl.zeros([R, 1], tl.float32)
+    it = 0
+    while (tl.max(on.to(tl.int32)) > 0) & (it < 40):
+        a = _ordered(lo).to(tl.int64)
+        mid = _ordered((a + ((_ordered(hi).to(tl.int64) - a + 1) >> 1)).to(tl.int32)).to(tl.float32, bitcast=True)
+        c, w_mid, w_lo, mn, mx = _count(row, V, inv_t, mz, lo, mid, on, tmax, R, BLOCK, NB)
+        up = on & (c >= k)
+        mass = tl.where(on, tl.where(up, w_mid, w_lo), mass)
+        lo = tl.where(up, mn, lo)
+        hi = tl.where(on & ~up, mx, hi)
+        on = on & (lo < hi)
+        it += 1
+    return lo, mass
+
+
+@_jit
+def _reject(row, V, inv_t, mz, q, piv, on, tmax, ka, kb, R: tl.constexpr, BLOCK: tl.constexpr,
+            NB: tl.constexpr):  # over {z >= q, z > piv}: its mass and its Gumbel argmax (the next candidate)
+    cols = tl.arange(0, BLOCK)[None, :]
+    s = tl.zeros([R, BLOCK], tl.float32)
+    best = tl.full([R, BLOCK], _NEG, tl.float32)
+    best_i = tl.zeros([R, BLOCK], tl.int32)
+    for b in range(0, tl.cdiv(V, BLOCK)):
+        go = on & (_tile_max(tmax, b, NB) >= tl.maximum(q, piv))
+        if tl.max(go.to(tl.int32)) > 0:
+            idx = b * BLOCK + cols
+            z = tl.load(row + idx, mask=go & (idx < V), other=_NEG).to(tl.float32) * inv_t
+            sel = (z >= q) & (z > piv)
+            s += tl.where(sel, tl.exp(z - mz), 0.0)
+            key = tl.where(sel, z + _gumbel(idx, ka, kb), _NEG)
+            best_i = tl.where(key > best, idx, best_i)
+            best = tl.maximum(key, best)
+    return tl.sum(s, axis=1, keep_dims=True), _argmax(best, best_i)
+
+
+@_jit
+def _sample_kernel(logits, stride, temp_p, k_p, p_p, minp_p, seed_p, off_p, tok_p, lp_p, scratch, B, V,
+                   R: tl.constexpr, BLOCK: tl.constexpr, NB: tl.constexpr, CAP: tl.constexpr):
+    rows = tl.program_id(0) * R + tl.arange(0, R)[:, None]  # [R, 1]; every per-row value below is [R, 1]
+    ok = rows < B
+    row = logits + rows.to(tl.int64) * stride
+    slots = scratch + rows.to(tl.int64) * CAP
+    t = tl.load(temp_p + rows, mask=ok, other=1.0)
+    greedy = ~(t > 0)
+    inv_t = tl.where(greedy, 1.0, 1.0 / t)
+    k = tl.load(k_p + rows, mask=ok, other=0)
+    p = tl.load(p_p + rows, mask=ok, other=1.0)
+    min_p = tl.load(minp_p + rows, mask=ok, other=0.0)
+    k_on = ~greedy & (k > 0) & (k < V)
+    p_on = ~greedy & (p < 1.0)
+    m_on = ~greedy & (min_p > 0.0)
+    ka, kb = _row_keys(tl.load(seed_p + rows, mask=ok, other=0), tl.load(off_p + rows, mask=ok, other=0))
+
+    m, lse, S, lane, tmax, tok = _pass1(row, V, ok, inv_t, greedy, ka, kb, R, BLOCK, NB)
+    mz = m * inv_t
+    done = ~ok | ~(k_on | p_on | m_on)
+    tau_m = tl.where(m_on, tl.minimum(mz + tl.log(min_p), mz), _NEG)
+    q_k = tl.full([R, 1], _NEG, tl.float32)
+    q_p = tl.full([R, 1], _NEG, tl.float32)
+    # lower bounds from the lane maxima: the k largest are k distinct tokens, so the k-th of them <= tau_k; the
+    # largest ones that carry p*S (>= p * top-k mass; 0.1% slack for float order) fail top-p for all below them
+    if tl.max((~done & k_on).to(tl.int32)) > 0:
+        q_k = _value(_search(lane, tl.where(lane > _NEG, 1.0, 0.0), k, _ordered(mz).to(tl.int64), False))
+    if tl.max((~done & p_on).to(tl.int32)) > 0:
+        q_p = _value(_search(lane, tl.exp(lane - mz), p * S * 1.001, _ordered(mz).to(tl.int64), False))
+
+    # pass 2: gather every token that can survive, then the sort-based rule in registers
+    q_g = tl.where(k_on, q_k, tl.maximum(tau_m, q_p))
+    cands = tl.where(k_on, tl.where(q_k > _NEG, 2.0 * k, _POS), S * tl.exp(mz - q_g))  # ~ #tokens >= q_g
+    on = ~done & (k_on | p_on) & (tl.minimum(cands, V) <= CAP)
+    if tl.max(on.to(tl.int32)) > 0:
+        n = _gather(row, V, inv_t, q_g, on, tmax, slots, R, BLOCK, NB, CAP)
+        on = on & (n <= CAP)
+        tok = tl.where(on, _finish(row, inv_t, mz, S, k, k_on, p, p_on, tau_m, n, on, slots, ka, kb, CAP), tok)
+        done = done | on
+
+    # the rest: exact tau_k by bisection (top-k only), then rejection rounds on the pass-1 candidate
+    tau_k = tl.full([R, 1], _NEG, tl.float32)
+    mass = S
+    on = ~done & k_on
+    if tl.max(on.to(tl.int32)) > 0:
+        t_k, m_k = _bisect(row, V, inv_t, mz, k, q_k, on, tmax, R, BLOCK, NB)
+        tau_k = tl.where(on, t_k, tau_k)
+        mass = tl.where(on, m_k, mass)
+    q = tl.maximum(tl.maximum(tau_k, q_p), tau_m)
+    c_z = tl.load(row + tok, mask=~done, other=_NEG).to(tl.float32) * inv_t
+    done = done | (~p_on & (c_z >= q))
+    it = 0
+    while (tl.max((~done).to(tl.int32)) > 0) & (it <= V):
+        above, nxt = _reject(row, V, inv_t, mz, q, c_z, ~done, tmax, ka, kb, R, BLOCK, NB)
+        done = done | ((c_z >= q) & ((above < p * mass) | (c_z >= mz)))
+        tok = tl.where(done, tok, nxt)
+        c_z = tl.where(done, c_z, tl.load(row + nxt, mask=~done & (nxt < V), other=_NEG).to(tl.float32) * inv_t)
+        done = done | (~p_on & (c_z >= q))
+        it += 1
+
+    tok = tl.minimum(tok, V - 1)
+    tl.store(tok_p + rows, tok.to(tl.int64), mask=ok)
+    tl.store(lp_p + rows, tl.load(row + tok, mask=ok, other=0.0).to(tl.float32) - lse, mask=ok)
+
+
+def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset, *, block=None, rows=None, cap=None):
+    """The Triton kernel. block / rows / cap override the tile width, rows per program and gather slots (tests)."""
+    B, V, args = _prepare(logits, temperature, top_k, top_p, min_p, seed, offset)
+    tokens = torch.empty(B, dtype=torch.int64, device=logits.device)
+    logprobs = torch.empty(B, dtype=torch.float32, device=logits.device)
+    if B == 0:
+        return tokens, logprobs
+    BLOCK = block or min(2048, triton.next_power_of_2(V))  # 2048 lanes: 8 fp32 a thread at 8 warps
+    # rows per program depend on V only, so a row's float sums (and token) never depend on the batch around it;
+    # the interpreter runs programs one by one and pays per op, not per element, hence its wide tiles
+    R = rows or (max(1, 2048 // BLOCK) if logits.is_cuda else min(1024, max(1, 2**18 // BLOCK)))
+    CAP = cap or min(2048, triton.next_power_of_2(V))
+    NB = triton.next_power_of_2(triton.cdiv(V, BLOCK))
+    scratch = torch.empty(B * CAP, dtype=torch.int32, device=logits.device)
+    _sample_kernel[(triton.cdiv(B, R),)](logits, logits.stride(0), *args, tokens, logprobs, scratch, B, V,
+                                         R=R, BLOCK=BLOCK, NB=NB, CAP=CAP, num_warps=8 if R * BLOCK >= 2048 else 4)
+    return tokens, logprobs
+
+
+def sample(logits, temperature, top_k, top_p, min_p, seed, offset):
+    """logits [B, V] float32/bfloat16; the rest [B] tensors or Python scalars (temperature <= 0: greedy; top_k <= 0
+    or >= V, top_p >= 1, min_p <= 0: off). Returns tokens int64 [B] and their raw log-probabilities float32 [B].
+    Deterministic per (logits row, seed, offset); no host synchronization (CUDA-graph safe)."""
+    impl = sample_triton if use_triton(logits) else sample_torch
+    return impl(logits, temperature, top_k, top_p, min_p, seed, offset)
+
+
+# ------------------------------------------------------------------------------------------------ argument checks
+_KINDS = {"temperature": torch.float32, "top_k": torch.int64, "top_p": torch.float32, "min_p": torch.float32,
+          "seed": torch.int64, "offset": torch.int64}
+
+
+def _per_row(name, v, B, device):
+    dtype = _KINDS[name]
+    if isinstance(v, torch.Tensor):
+        if v.device != device:
+            raise UserError(f"{name} is on {v.device} but logits are on {device}")
+        if v.dim() == 0:
+            v = v.expand(B)
+        if tuple(v.shape) != (B,):
+            raise UserError(f"{name} must be a scalar or a [{B}] tensor, got shape {list(v.shape)}")
+        if dtype == torch.int64 and (v.is_floating_point() or v.is_complex()):
+            raise UserError(f"{name} must be an integer tensor, got {v.dtype}")
+        return v.to(dtype).contiguous()
+    if isinstance(v, bool) or not isinstance(v, Integral if dtype == torch.int64 else Real):
+        raise UserError(f"{name} must be {'an int' if dtype == torch.int64 else 'a number'} or a tensor, got {v!r}")
+    return torch.full((B,), v, dtype=dtype, device=device)
+
+
+def _prepare(logits, *values):
+    if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+        raise UserError(f"logits must be a [B, V] tensor, got {getattr(logits, 'shape', type(logits).__name__)}")
+    if logits.dtype not in (torch.float32, torch.bfloat16):
+        raise UserError(f"logits must be float32 or bfloat16, got {logits.dtype}")
+    B, V = logits.shape
+    if V == 0:
+        raise UserError("logits has an empty vocabulary dimension")
+    if V > 1 and logits.stride(1) != 1:
+        raise UserError(f"logits rows must be contiguous (stride(1) == 1), got strides {logits.stride()}")
+    names = ("temperature", "top_k", "top_p", "min_p", "seed", "offset")
+    return B, V, [_per_row(n, v, B, logits.device) for n, v in zip(names, values)]
+
+
+__all__ = ["sample", "sample_torch", "sample_triton", "processed_probs", "gumbel_noise"]
