@@ -124,6 +124,15 @@ def run(config_file, model, prompts, output_dir, iterations, prompts_per_iterati
         click.echo(f"done: {path}", err=True)
 
 
+@cli.command()
+@click.argument("run_dir", type=click.Path())
+def report(run_dir):
+    """Draw a run: RUN_DIR/report.html with PNG plots per iteration."""
+    from .recipe.report import report as draw
+
+    click.echo(f"wrote {draw(run_dir)}", err=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv or os.environ.get("METAREWARD_DEBUG") == "1"

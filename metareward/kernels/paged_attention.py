@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 
 import torch
-import torch.nn.functional as F
 
 from metareward.kernels.dispatch import HAS_TRITON, interpreting, tl, triton, use_triton
 
@@ -189,27 +188,73 @@ def store_kv(k, v, k_cache, v_cache, slot_mapping) -> None:
 # --------------------------------------------------------------------------------- paged_attention_decode
 
 def paged_attention_decode_torch(q, k_cache, v_cache, block_tables, context_lens, scale):
-    # q: [B, Hq, D]; caches: [blocks, page, Hkv, D] -> [B, Hq, D]. The engine's CPU decode path: one gather
-    # of every sequence's blocks up to the longest context, then SDPA (native GQA, no K/V repeat) in fp32.
-    # It syncs on the context lengths (free on CPU); the Triton path never syncs.
+    # q: [B, Hq, D]; caches: [blocks, page, Hkv, D] -> [B, Hq, D]. The engine's CPU decode path, in fp32.
+    # Judge and meta-judge batches share long prefixes (rubric + question + response): the blocks that every
+    # row of the batch starts with are attended once for all rows together (cascade attention), and only
+    # each row's own tail is gathered. At 96 judge rows over an 80-block rubric this gathers ~6x fewer
+    # K/V bytes than one gather per row. It syncs on the context lengths (free on CPU); Triton never syncs.
     _check_decode(q, k_cache, v_cache, block_tables, context_lens)
-    b, d, (nb, page, hkv, _) = q.shape[0], q.shape[2], k_cache.shape
+    b, hq, d = q.shape
+    nb, page, hkv, _ = k_cache.shape
     nblk = min(block_tables.shape[1], -(-int(context_lens.max()) // page)) if b else 0
+    if nblk == 0:
+        return q.new_zeros(q.shape)
     bt = block_tables[:, :nblk].long().clamp(0, nb - 1)  # entries past a context (e.g. -1) are masked below
-    t = nblk * page
-    valid = torch.arange(t, device=q.device) < context_lens[:, None]  # [B, T]
-    # Rows past a context may hold NaN (stale or never-written slots), which the additive mask (NaN - inf)
-    # and P @ V (0 * NaN) would spread: zero them. Zeroing only those rows costs 30% less than masking all
-    # rows (1.0 vs 1.4 ms at B=8, T=512, fp32 on 2 CPU cores).
-    stale = (~valid).view(-1).nonzero().squeeze(1)
-    k = k_cache[bt].view(b * t, hkv, d).float()  # the gather is a copy, so writing into it is safe
-    v = v_cache[bt].view(b * t, hkv, d).float()
-    k[stale] = 0.0
-    v[stale] = 0.0
-    k, v = k.view(b, t, hkv, d).transpose(1, 2), v.view(b, t, hkv, d).transpose(1, 2)  # [B, Hkv, T, D]
-    out = F.scaled_dot_product_attention(q.float()[:, :, None], k, v, attn_mask=valid[:, None, None, :],
-                                         scale=scale, enable_gqa=True)[:, :, 0]  # [B, Hq, D]
+    qf = q.float().view(b, hkv, hq // hkv, d).transpose(0, 1).reshape(hkv, -1, d)  # [Hkv, B*G, D]
+    shared = _shared_blocks(bt, context_lens, page) if b > 1 else 0
+    parts = []
+    if shared:
+        kp = k_cache[bt[0, :shared]].reshape(shared * page, hkv, d).float().transpose(0, 1)  # [Hkv, S, D]
+        vp = v_cache[bt[0, :shared]].reshape(shared * page, hkv, d).float().transpose(0, 1)
+        parts.append(_partial(qf @ kp.transpose(1, 2) * scale, vp))  # every row attends to all S tokens
+    t = (nblk - shared) * page
+    if t:
+        valid = torch.arange(shared * page, nblk * page, device=q.device) < context_lens[:, None]  # [B, T]
+        k = k_cache[bt[:, shared:]].reshape(b, t, hkv, d).float()  # the gather is a copy: writing into it is safe
+        v = v_cache[bt[:, shared:]].reshape(b, t, hkv, d).float()
+        # Rows past a context may hold NaN (stale or never-written slots): zero them, since 0 * NaN in P @ V
+        # would spread them even where the weight is 0.
+        k[~valid], v[~valid] = 0.0, 0.0
+        g = hq // hkv
+        scores = torch.einsum("hbgd,bthd->hbgt", qf.view(hkv, b, g, d), k) * scale  # [Hkv, B, G, T]
+        scores = scores.masked_fill(~valid[None, :, None, :], -torch.inf).view(hkv, b * g, t)
+        parts.append(_partial(scores, v.permute(2, 0, 1, 3), rows=(b, g)))
+    out = _merge(parts)  # [Hkv, B*G, D]
+    out = out.view(hkv, b, hq // hkv, d).transpose(0, 1).reshape(b, hq, d)
     return out.masked_fill_((context_lens == 0)[:, None, None], 0.0).to(q.dtype)  # empty rows: 0, not NaN
+
+
+def _shared_blocks(bt: torch.Tensor, context_lens: torch.Tensor, page: int) -> int:
+    """How many leading blocks every row of the batch has in common (and holds completely)."""
+    same = (bt == bt[:1]).all(0).int().cumprod(0)  # [nblk]: 1 while every row agrees
+    return min(int(same.sum()), int(context_lens.min()) // page)
+
+
+def _partial(scores: torch.Tensor, v: torch.Tensor, rows: tuple[int, int] | None = None):
+    # scores: [Hkv, R, T] -> (max [Hkv, R], sum of exp [Hkv, R], unnormalized output [Hkv, R, D]).
+    # v is [Hkv, T, D] shared by all rows, or [Hkv, B, T, D] per row (rows = (B, G): R = B*G).
+    m = scores.amax(-1)
+    m_safe = torch.where(torch.isinf(m), torch.zeros_like(m), m)  # a row with no key: exp(-inf) = 0
+    p = torch.exp(scores - m_safe[..., None])
+    if rows is None:
+        o = p @ v
+    else:
+        b, g = rows
+        o = (p.view(v.shape[0], b, g, -1) @ v).view(v.shape[0], b * g, -1)
+    return m, p.sum(-1), o
+
+
+def _merge(parts):
+    # log-sum-exp merge of partial softmax results over disjoint key sets
+    if len(parts) == 1:
+        m, s, o = parts[0]
+        return o / torch.where(s > 0, s, torch.ones_like(s))[..., None]
+    (m1, s1, o1), (m2, s2, o2) = parts
+    m = torch.maximum(m1, m2)
+    m = torch.where(torch.isinf(m), torch.zeros_like(m), m)
+    a1, a2 = torch.exp(m1 - m), torch.exp(m2 - m)
+    s = s1 * a1 + s2 * a2
+    return (o1 * a1[..., None] + o2 * a2[..., None]) / torch.where(s > 0, s, torch.ones_like(s))[..., None]
 
 
 @functools.lru_cache(maxsize=None)

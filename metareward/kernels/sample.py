@@ -3,25 +3,28 @@
 Randomness is Gumbel-max with counter-based noise: g[b, i] = Gumbel(hash(seed[b], offset[b], i)), and the sample
 is the argmax over the kept tokens of z_i + g_i (z = logits / temperature). The noise is fixed per (row, token),
 so the token is a function of the kept set alone, however it is found: the sort-free kernel is exact, a row never
-depends on its batch, and the torch reference draws the very same token.
+depends on its batch, and the torch reference draws the very same token (bit for bit in the interpreter; on the GPU
+the kernel's approximate exp/log can flip a near-tie in the last ulp).
 
 Every filter keeps {i : z_i >= tau}, so the kernel's job is to find tau exactly while reading the row few times
 (fp32, V=128256: 513 KB a row; B=256 is 131 MB, ~33 us a pass on an H200). One program per row, BLOCK-wide tiles:
-  pass 1 (always): raw max / logsumexp (logprobs), tempered mass S, tile maxima, lane maxima, and the Gumbel argmax
-    over every token. Greedy rows and rows without filters end here: 1 pass.
-  pass 2 (top-k; top-p or min-p when few tokens can survive): the BLOCK lane maxima, sorted in registers, bound
-    tau from below (the k largest lane maxima are k distinct tokens, so the k-th of them <= the k-th largest z;
-    lane maxima that already carry p*S of the mass cut everything below them). The pass gathers every token above
-    that bound (~1.4k for k=1000, 2048 lanes; at most S*e^(max-q) for top-p/min-p) into CAP slots, and the
-    reference's own sort-based rule runs on them in registers: 2 passes.
+  pass 1 (always): raw max / logsumexp (logprobs), tempered mass S, tile maxima, lane maxima, and (unless the row
+    has top-k) the Gumbel argmax over every token. Greedy rows and rows without filters end here: 1 pass.
+  pass 2 (top-k; top-p or min-p when few tokens can survive): the BLOCK lane maxima bound tau from below (the k
+    largest lane maxima are k distinct tokens, so the k-th of them <= the k-th largest z; lane maxima that already
+    carry p*S of the mass cut everything below them). The pass gathers every token above that bound (~1.4k for
+    k=1000 over 2048 lanes; at most S*e^(max-q) for top-p/min-p) into CAP slots; in registers, bisection on the
+    float bits then gives the exact k-th value and top-p cut: 2 passes.
   otherwise (flat top-p, small min-p, overflow): rejection rounds. A pass checks the candidate c (mass above z_c)
     and takes the next candidate, the Gumbel argmax over {z > z_c}; c is kept with probability >= top_p, so top-p
     0.9 costs ~2.1 passes, min-p alone <= 2. The pivot z_c strictly increases: <= V rounds, always terminates.
-  top-k whose candidates overflowed CAP (k > CAP/2, heavy ties): the exact k-th value by bisection on the float's
-    ordered bits, both ends snapped to token values (<= 33 counting passes, rare), then the rejection rounds.
+  top-k whose candidates overflowed CAP (k > CAP/2, heavy ties): the exact k-th value by bisection on the row,
+    both ends snapped to token values (<= 33 counting passes, rare), then the rejection rounds.
 Passes after the first skip tiles whose maximum (kept from pass 1) is below the current bound: on peaked LLM
-logits they read a few tiles, not the row. Sorting (FlashInfer's rejection sampler without a sort, and the torch
-reference with one) would read and write the whole row several times.
+logits they read a few tiles, not the row. Compute per element is what keeps pass 1 near the memory rate: the
+noise (a 32-bit hash and two logs) costs about as much as the rest of the pass, so top-k rows, which draw from
+the gathered set anyway, skip it, and on the GPU the logs are lg2.approx (the noise needs no last-ulp accuracy).
+Sorting (the torch reference; FlashInfer's top-k mask + softmax + rejection) reads and writes the row many times.
 """
 from __future__ import annotations
 
@@ -31,6 +34,9 @@ import torch
 
 from metareward.errors import UserError
 from metareward.kernels.dispatch import HAS_TRITON, tl, triton, use_triton
+
+if HAS_TRITON:
+    from triton.language.extra import libdevice
 
 NEG, POS = float("-inf"), float("inf")
 _M32 = 0xFFFFFFFF
@@ -123,11 +129,27 @@ def _row_keys(seed, offset):  # [R, 1] int64 each -> two [R, 1] uint32 keys, as 
 
 
 @_jit
-def _gumbel(idx, ka, kb):  # idx: [1, BLOCK] or [R, CAP] token ids -> [R, *] float32, as in gumbel_noise
+def _log(x, FAST: tl.constexpr):  # lg2.approx on the GPU: libdevice's logf costs ~10 instructions an element
+    if FAST:
+        return libdevice.fast_logf(x)
+    else:
+        return tl.log(x)
+
+
+@_jit
+def _exp(x, FAST: tl.constexpr):  # ex2.approx.ftz: tl.exp adds ~3 instructions of denormal handling
+    if FAST:
+        return libdevice.fast_expf(x)
+    else:
+        return tl.exp(x)
+
+
+@_jit
+def _gumbel(idx, ka, kb, FAST: tl.constexpr):  # idx: [1, BLOCK] or [R, CAP] token ids -> [R, *], as gumbel_noise
     h = _mix32(idx.to(tl.uint32) * ka + kb)
     w = (h.to(tl.float32) + 0.5) * 2.3283064365386963e-10
-    e = tl.where(w < 0.0078125, w * (1.0 + w * (0.5 + w * 0.3333333432674408)), -tl.log(1.0 - w))
-    return -tl.log(e)
+    e = tl.where(w < 0.0078125, w * (1.0 + w * (0.5 + w * 0.3333333432674408)), -_log(1.0 - w, FAST))
+    return -_log(e, FAST)
 
 
 @_jit
@@ -148,7 +170,8 @@ def _ordered(f):  # float32 <-> int32 whose signed order is the float order (an 
 
 
 @_jit
-def _pass1(row, V, ok, inv_t, greedy, ka, kb, R: tl.constexpr, BLOCK: tl.constexpr, NB: tl.constexpr):
+def _pass1(row, V, ok, inv_t, greedy, ka, kb, R: tl.constexpr, BLOCK: tl.constexpr, NB: tl.constexpr,
+           NOISE: tl.constexpr, FAST: tl.constexpr):  # without NOISE the argmax is of z (greedy rows need no more)
     cols = tl.arange(0, BLOCK)[None, :]
     m = tl.full([R, 1], _NEG, tl.float32)  # running raw max
     s_x = tl.zeros([R, BLOCK], tl.float32)  # per-lane sums of exp(x - m): one reduction at the end, not per tile
@@ -164,12 +187,14 @@ def _pass1(row, V, ok, inv_t, greedy, ka, kb, R: tl.constexpr, BLOCK: tl.constex
         bm = tl.max(x, axis=1, keep_dims=True)
         m_new = tl.maximum(m, bm)
         m0 = tl.where(m_new == _NEG, 0.0, m_new)  # keeps exp() finite while a row has seen only -inf
-        s_x = s_x * tl.exp(m - m0) + tl.exp(x - m0)
-        s_z = s_z * tl.exp(m * inv_t - m0 * inv_t) + tl.exp(z - m0 * inv_t)
+        s_x = s_x * tl.exp(m - m0) + _exp(x - m0, FAST)
+        s_z = s_z * tl.exp(m * inv_t - m0 * inv_t) + _exp(z - m0 * inv_t, FAST)
         m = m_new
         tmax = tl.where(tl.arange(0, NB)[None, :] == b, bm * inv_t, tmax)
         lane = tl.maximum(lane, z)
-        key = tl.where(greedy, z, z + _gumbel(idx, ka, kb))
+        key = z
+        if NOISE:
+            key = tl.where(greedy, z, z + _gumbel(idx, ka, kb, FAST))
         best_i = tl.where(key > best, idx, best_i)
         best = tl.maximum(key, best)
     lse = m + tl.log(tl.sum(s_x, axis=1, keep_dims=True))
@@ -216,8 +241,8 @@ def _gather(row, V, inv_t, q, on, tmax, slots, R: tl.constexpr, BLOCK: tl.conste
 
 
 @_jit
-def _finish(row, inv_t, mz, S, k, k_on, p, p_on, tau_m, n, on, slots, ka, kb, CAP: tl.constexpr):
-    # _threshold on the gathered tokens (all that can survive) in registers, then the Gumbel argmax above tau
+def _finish(row, inv_t, mz, S, k, k_on, p, p_on, tau_m, n, on, slots, ka, kb, CAP: tl.constexpr,
+            FAST: tl.constexpr):  # _threshold on the gathered tokens (all that can survive), then the draw above it
     j = tl.arange(0, CAP)[None, :]
     valid = on & (j < n)
     idx = tl.load(slots + j, mask=valid, other=0)
@@ -230,7 +255,7 @@ def _finish(row, inv_t, mz, S, k, k_on, p, p_on, tau_m, n, on, slots, ka, kb, CA
     t_p = _search(z, w, p * mass, hi, True) + 1
     tau_p = tl.where(p_on, tl.minimum(_ordered(t_p.to(tl.int32)).to(tl.float32, bitcast=True), mz), _NEG)
     tau = tl.maximum(tl.maximum(tau_k, tau_p), tau_m)
-    return _argmax(tl.where(valid & (z >= tau), z + _gumbel(idx, ka, kb), _NEG), idx)
+    return _argmax(tl.where(valid & (z >= tau), z + _gumbel(idx, ka, kb, FAST), _NEG), idx)
 
 
 @_jit
@@ -255,7 +280,8 @@ def _count(row, V, inv_t, mz, lo, mid, on, tmax, R: tl.constexpr, BLOCK: tl.cons
             mn = tl.minimum(mn, tl.where(ge, z, _POS))
             mx = tl.maximum(mx, tl.where(ge, _NEG, z))
     return (tl.sum(c, axis=1, keep_dims=True), tl.sum(w_mid, axis=1, keep_dims=True),
-            tl.sum(w_lo, axis=1, keep_dims=True), tl.min(mn, axis=1, keep_dims=True), tl.max(mx, axis=1, keep_dims=True))
+            tl.sum(w_lo, axis=1, keep_dims=True), tl.min(mn, axis=1, keep_dims=True),
+            tl.max(mx, axis=1, keep_dims=True))
 
 
 @_jit
@@ -279,8 +305,8 @@ def _bisect(row, V, inv_t, mz, k, lo, on, tmax, R: tl.constexpr, BLOCK: tl.const
 
 
 @_jit
-def _reject(row, V, inv_t, mz, q, piv, on, tmax, ka, kb, R: tl.constexpr, BLOCK: tl.constexpr,
-            NB: tl.constexpr):  # over {z >= q, z > piv}: its mass and its Gumbel argmax (the next candidate)
+def _reject(row, V, inv_t, mz, q, piv, on, tmax, ka, kb, R: tl.constexpr, BLOCK: tl.constexpr, NB: tl.constexpr,
+            FAST: tl.constexpr):  # over {z >= q, z > piv}: its mass and its Gumbel argmax (the next candidate)
     cols = tl.arange(0, BLOCK)[None, :]
     s = tl.zeros([R, BLOCK], tl.float32)
     best = tl.full([R, BLOCK], _NEG, tl.float32)
@@ -291,16 +317,35 @@ def _reject(row, V, inv_t, mz, q, piv, on, tmax, ka, kb, R: tl.constexpr, BLOCK:
             idx = b * BLOCK + cols
             z = tl.load(row + idx, mask=go & (idx < V), other=_NEG).to(tl.float32) * inv_t
             sel = (z >= q) & (z > piv)
-            s += tl.where(sel, tl.exp(z - mz), 0.0)
-            key = tl.where(sel, z + _gumbel(idx, ka, kb), _NEG)
+            s += tl.where(sel, _exp(z - mz, FAST), 0.0)
+            key = tl.where(sel, z + _gumbel(idx, ka, kb, FAST), _NEG)
             best_i = tl.where(key > best, idx, best_i)
             best = tl.maximum(key, best)
     return tl.sum(s, axis=1, keep_dims=True), _argmax(best, best_i)
 
 
 @_jit
+def _rejection(row, V, inv_t, mz, q, p, p_on, mass, tok, done, tmax, ka, kb, R: tl.constexpr, BLOCK: tl.constexpr,
+               NB: tl.constexpr, FAST: tl.constexpr):
+    # kept = {z >= q} (top-k and min-p exact in q, top-p bounded) cut by top-p: mass above < p * mass. tok is the
+    # current candidate (V: none yet). Each pass checks it and draws the next one from above it; the pivot c_z
+    # strictly increases, so this ends within V passes (and ~1/top_p on average).
+    c_z = tl.load(row + tok, mask=~done & (tok < V), other=_NEG).to(tl.float32) * inv_t
+    done = done | (~p_on & (tok < V) & (c_z >= q))
+    it = 0
+    while (tl.max((~done).to(tl.int32)) > 0) & (it <= V):
+        above, nxt = _reject(row, V, inv_t, mz, q, c_z, ~done, tmax, ka, kb, R, BLOCK, NB, FAST)
+        done = done | ((tok < V) & (c_z >= q) & ((above < p * mass) | (c_z >= mz)))
+        tok = tl.where(done, tok, nxt)
+        c_z = tl.where(done, c_z, tl.load(row + nxt, mask=~done & (nxt < V), other=_NEG).to(tl.float32) * inv_t)
+        done = done | (~p_on & (c_z >= q))  # without top-p, a candidate drawn from {z >= q} is the answer
+        it += 1
+    return tok
+
+
+@_jit
 def _sample_kernel(logits, stride, temp_p, k_p, p_p, minp_p, seed_p, off_p, tok_p, lp_p, scratch, B, V,
-                   R: tl.constexpr, BLOCK: tl.constexpr, NB: tl.constexpr, CAP: tl.constexpr):
+                   R: tl.constexpr, BLOCK: tl.constexpr, NB: tl.constexpr, CAP: tl.constexpr, FAST: tl.constexpr):
     rows = tl.program_id(0) * R + tl.arange(0, R)[:, None]  # [R, 1]; every per-row value below is [R, 1]
     ok = rows < B
     row = logits + rows.to(tl.int64) * stride
@@ -316,7 +361,11 @@ def _sample_kernel(logits, stride, temp_p, k_p, p_p, minp_p, seed_p, off_p, tok_
     m_on = ~greedy & (min_p > 0.0)
     ka, kb = _row_keys(tl.load(seed_p + rows, mask=ok, other=0), tl.load(off_p + rows, mask=ok, other=0))
 
-    m, lse, S, lane, tmax, tok = _pass1(row, V, ok, inv_t, greedy, ka, kb, R, BLOCK, NB)
+    if tl.max((ok & ~greedy & ~k_on).to(tl.int32)) > 0:  # a row that may keep its pass-1 draw
+        m, lse, S, lane, tmax, tok = _pass1(row, V, ok, inv_t, greedy, ka, kb, R, BLOCK, NB, True, FAST)
+    else:  # top-k and greedy rows: no noise; tok = V marks "no candidate" for a non-greedy row
+        m, lse, S, lane, tmax, tok = _pass1(row, V, ok, inv_t, greedy, ka, kb, R, BLOCK, NB, False, FAST)
+        tok = tl.where(greedy, tok, V)
     mz = m * inv_t
     done = ~ok | ~(k_on | p_on | m_on)
     tau_m = tl.where(m_on, tl.minimum(mz + tl.log(min_p), mz), _NEG)
@@ -329,17 +378,19 @@ def _sample_kernel(logits, stride, temp_p, k_p, p_p, minp_p, seed_p, off_p, tok_
     if tl.max((~done & p_on).to(tl.int32)) > 0:
         q_p = _value(_search(lane, tl.exp(lane - mz), p * S * 1.001, _ordered(mz).to(tl.int64), False))
 
-    # pass 2: gather every token that can survive, then the sort-based rule in registers
+    # pass 2: gather every token that can survive; in registers, the exact thresholds and the draw
     q_g = tl.where(k_on, q_k, tl.maximum(tau_m, q_p))
     cands = tl.where(k_on, tl.where(q_k > _NEG, 2.0 * k, _POS), S * tl.exp(mz - q_g))  # ~ #tokens >= q_g
     on = ~done & (k_on | p_on) & (tl.minimum(cands, V) <= CAP)
     if tl.max(on.to(tl.int32)) > 0:
         n = _gather(row, V, inv_t, q_g, on, tmax, slots, R, BLOCK, NB, CAP)
+        tl.debug_barrier()  # other threads of this program wrote the slots: bar.sync makes the writes visible
         on = on & (n <= CAP)
-        tok = tl.where(on, _finish(row, inv_t, mz, S, k, k_on, p, p_on, tau_m, n, on, slots, ka, kb, CAP), tok)
+        tok = tl.where(on, _finish(row, inv_t, mz, S, k, k_on, p, p_on, tau_m, n, on, slots, ka, kb, CAP, FAST),
+                       tok)
         done = done | on
 
-    # the rest: exact tau_k by bisection (top-k only), then rejection rounds on the pass-1 candidate
+    # the rest: exact tau_k by bisection (top-k only), then rejection rounds from the pass-1 candidate
     tau_k = tl.full([R, 1], _NEG, tl.float32)
     mass = S
     on = ~done & k_on
@@ -347,17 +398,8 @@ def _sample_kernel(logits, stride, temp_p, k_p, p_p, minp_p, seed_p, off_p, tok_
         t_k, m_k = _bisect(row, V, inv_t, mz, k, q_k, on, tmax, R, BLOCK, NB)
         tau_k = tl.where(on, t_k, tau_k)
         mass = tl.where(on, m_k, mass)
-    q = tl.maximum(tl.maximum(tau_k, q_p), tau_m)
-    c_z = tl.load(row + tok, mask=~done, other=_NEG).to(tl.float32) * inv_t
-    done = done | (~p_on & (c_z >= q))
-    it = 0
-    while (tl.max((~done).to(tl.int32)) > 0) & (it <= V):
-        above, nxt = _reject(row, V, inv_t, mz, q, c_z, ~done, tmax, ka, kb, R, BLOCK, NB)
-        done = done | ((c_z >= q) & ((above < p * mass) | (c_z >= mz)))
-        tok = tl.where(done, tok, nxt)
-        c_z = tl.where(done, c_z, tl.load(row + nxt, mask=~done & (nxt < V), other=_NEG).to(tl.float32) * inv_t)
-        done = done | (~p_on & (c_z >= q))
-        it += 1
+    tok = _rejection(row, V, inv_t, mz, tl.maximum(tl.maximum(tau_k, q_p), tau_m), p, p_on, mass, tok, done, tmax,
+                     ka, kb, R, BLOCK, NB, FAST)
 
     tok = tl.minimum(tok, V - 1)
     tl.store(tok_p + rows, tok.to(tl.int64), mask=ok)
@@ -379,7 +421,8 @@ def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset, *, blo
     NB = triton.next_power_of_2(triton.cdiv(V, BLOCK))
     scratch = torch.empty(B * CAP, dtype=torch.int32, device=logits.device)
     _sample_kernel[(triton.cdiv(B, R),)](logits, logits.stride(0), *args, tokens, logprobs, scratch, B, V,
-                                         R=R, BLOCK=BLOCK, NB=NB, CAP=CAP, num_warps=8 if R * BLOCK >= 2048 else 4)
+                                         R=R, BLOCK=BLOCK, NB=NB, CAP=CAP, FAST=logits.is_cuda,
+                                         num_warps=8 if R * BLOCK >= 2048 else 4)
     return tokens, logprobs
 
 

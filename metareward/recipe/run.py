@@ -5,18 +5,19 @@ from __future__ import annotations
 
 import sys
 import time
-import warnings
 from pathlib import Path
 
 from ..config import RunConfig, dump_yaml, validate
-from ..errors import UserError
+from ..errors import UserError, warn
 from ..io import atomic_write
+from ..model.tiny import NAME as TINY
 from ..prompts import read_prompts
 from ..trainer.distributed import Dist, init_from_env, shard
 from . import stages
 from .roles import seed_of
 from .rundir import RunDir
 from .summary import render, summary
+from .templates import load_template
 from .training import train
 
 STAGES = [("actor", stages.actor), ("judge", stages.judge), ("actor_pairs", stages.actor_pairs),
@@ -76,6 +77,13 @@ def run(raw: dict, resume: bool = False, force: bool = False) -> Path:
     dist, device = init_from_env()
     configs = validate(raw)
     c0 = configs[0]
+    # everything a user can get wrong is checked before the output directory is touched
+    for c in configs:
+        load_template("judge", c.judge.template)
+        load_template("meta_judge", c.meta_judge.template)
+    if c0.model != TINY and not Path(c0.model).is_dir():
+        raise UserError(f"model directory not found: {c0.model}")
+    all_prompts = read_prompts(resolve_prompts(c0.prompts))
     rd = RunDir(c0.output_dir)
     error = None
     if dist.is_main:
@@ -99,9 +107,8 @@ def run(raw: dict, resume: bool = False, force: bool = False) -> Path:
                     f.write(dump_yaml(raw))
                 rd.save_state()
         rd.state = dist.broadcast_object(rd.state)
-        all_prompts = read_prompts(resolve_prompts(c0.prompts))
-        if c0.prompts_per_iteration > len(all_prompts) and dist.is_main:
-            warnings.warn(f"{c0.prompts} has {len(all_prompts)} prompts, fewer than prompts_per_iteration="
+        if c0.prompts_per_iteration > len(all_prompts):
+            warn(f"{c0.prompts} has {len(all_prompts)} prompts, fewer than prompts_per_iteration="
                           f"{c0.prompts_per_iteration}: every iteration uses all of them")
         models = Models(c0, rd, dist, device)
         for t in range(1, c0.iterations + 1):
@@ -112,12 +119,12 @@ def run(raw: dict, resume: bool = False, force: bool = False) -> Path:
                 if rd.done(key):
                     continue
                 models.t = t  # a model loaded now starts from the previous iteration's checkpoint
+                ctx.stage = name
                 ctx.info["stages"] = {k: v for k, v in rd.state["stages"].items() if k.startswith(f"iter_{t}/")}
                 t0 = time.perf_counter()
                 stats = stage(ctx)
                 stats.setdefault("seconds", time.perf_counter() - t0)
-                if dist.is_main:
-                    rd.mark(key, stats)
+                rd.mark(key, stats, save=dist.is_main)  # every process keeps the state; rank 0 writes it
                 dist.barrier()
             if dist.is_main:
                 import json

@@ -89,10 +89,11 @@ class RunDir:
     def done(self, stage: str) -> bool:
         return stage in self.state["completed"]
 
-    def mark(self, stage: str, stats: dict) -> None:
+    def mark(self, stage: str, stats: dict, save: bool = True) -> None:
         self.state["completed"].append(stage)
         self.state["stages"][stage] = stats
-        self.save_state()
+        if save:
+            self.save_state()
 
     def iteration(self, t: int) -> Path:
         d = self.path / f"iter_{t}"

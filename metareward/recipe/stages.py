@@ -2,6 +2,8 @@
 artifact there (atomically, rank 0 only) and returns its statistics for state.json."""
 from __future__ import annotations
 
+import os
+import signal
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -24,16 +26,25 @@ class Context:
     prompts: list  # this iteration's Prompt objects
     model_fn: Callable[[], tuple]  # -> (model, tokenizer, engine), loaded on first use
     info: dict = field(default_factory=dict)
+    stage: str = ""
 
     def rows(self, name: str) -> list[dict]:
         return [r for _, r in read_jsonl(self.dir / name)] if (self.dir / name).stat().st_size else []
 
     def write(self, name: str, rows: list[dict]) -> None:
+        fault_point(f"iter_{self.t}/{self.stage}")
         if self.dist.is_main:
             write_jsonl(self.dir / name, rows)
 
     def seed(self, *key) -> int:
         return seed_of(self.cfg.seed, self.t, *key)
+
+
+def fault_point(where: str) -> None:
+    """Fault injection for the resume tests: METAREWARD_FAULT=iter_<t>/<stage> kills the process (SIGKILL,
+    as kill -9 would) inside that stage, after its work and before its artifact is written."""
+    if os.environ.get("METAREWARD_FAULT") == where:
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _generation(ctx: Context, fn) -> dict:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from .stages import Context
+from .stages import Context, fault_point
 
 
 def summary(ctx: Context) -> dict:
@@ -34,6 +34,7 @@ def summary(ctx: Context) -> dict:
         "stages": {name: {k: v[k] for k in ("seconds", "tokens_per_s", "prefix_cache_hit_rate") if k in v}
                    for name, v in st.items()},
     }
+    fault_point(f"iter_{ctx.t}/summary")
     if ctx.dist.is_main:
         from ..io import write_json
         write_json(ctx.dir / "summary.json", out)

@@ -55,9 +55,10 @@ def reference_logps(model, pairs: list[TokenizedPair], cfg: DPOConfig, dist: Dis
     return dist.all_reduce(ref)
 
 
-def train(model, pairs: list[TokenizedPair], cfg: DPOConfig, dist: Dist = Dist(),
+def train(model, pairs: list[TokenizedPair], cfg: DPOConfig, dist: Dist | None = None,
           on_step: Callable[[dict], None] | None = None, use_tqdm: bool = True) -> list[dict]:
     """DPO on `pairs`, updating `model` in place. Returns one metrics dict per optimizer step."""
+    dist = dist or Dist()
     device = model.device
     # The optimizer takes the parameters before any forward: under FSDP2 the root's parameters are swapped
     # for their gathered versions during and after a forward, and the optimizer must hold the shards.

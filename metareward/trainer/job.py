@@ -3,14 +3,13 @@ Runs as one process or under torchrun (FSDP2)."""
 from __future__ import annotations
 
 import json
-import sys
 import warnings
 from pathlib import Path
 
 import torch
 
 from ..config import DPOConfig
-from ..errors import UserError
+from ..errors import UserError, warn
 from .data import TruncationWarning, load_pairs
 from .distributed import init_from_env, shard
 from .dpo import NonFiniteError, train
@@ -39,8 +38,7 @@ def train_dpo(model_path: str, pairs_path: str, output: str, cfg: DPOConfig, for
         warnings.simplefilter("always", TruncationWarning)
         pairs, stats = load_pairs(pairs_path, tok, cfg.max_length)
     for w in caught:
-        if dist.is_main:
-            print(f"warning: {w.message}", file=sys.stderr)
+        warn(str(w.message))
     if dist.enabled:
         shard(model, dist, mixed_precision=fsdp_cuda and dtype is None)
     history: list[dict] = []

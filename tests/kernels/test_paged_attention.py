@@ -15,10 +15,10 @@ TOL = {torch.float32: 1e-6, torch.bfloat16: 1e-2, torch.float16: 1.5e-3}
 BOUND = {torch.float32: 1e-6, torch.bfloat16: 1e-2, torch.float16: 1.5e-3}
 
 
-def paged_case(lens, hq, hkv, d, page, dtype, shared_blocks=0, seed=0):
+def paged_case(lens, hq, hkv, d, page, dtype, shared_blocks=0, seed=0, share_all=False):
     """Dense per-sequence K/V scattered into shuffled cache blocks; unwritten slots hold NaN so any read
-    past a context or through an unused table entry shows up. Sequence 1 shares sequence 0's first
-    `shared_blocks` blocks (a prefix-cache hit)."""
+    past a context or through an unused table entry shows up. Sequence 1 (every sequence with share_all)
+    shares sequence 0's first `shared_blocks` blocks (a prefix-cache hit)."""
     g = torch.Generator().manual_seed(seed)
     need = [-(-n // page) for n in lens]
     perm = torch.randperm(sum(need) + 3, generator=g)
@@ -30,7 +30,7 @@ def paged_case(lens, hq, hkv, d, page, dtype, shared_blocks=0, seed=0):
         k, v = torch.randn(2, n, hkv, d, generator=g).to(dtype)
         ids = perm[used:used + need[b]].clone()
         used += need[b]
-        if b == 1 and shared_blocks:
+        if shared_blocks and (b == 1 or (b > 1 and share_all)):
             ids[:shared_blocks] = tables[0, :shared_blocks]
             s = shared_blocks * page
             k[:s], v[:s] = ks[0][:s], vs[0][:s]
@@ -95,6 +95,18 @@ def test_decode_split_k(splits, dtype):
     assert_close_to_truth(out, q, kc, vc, tables, lens_t, ks, vs, 0.3)
     one = pa.paged_attention_decode_triton(q, kc, vc, tables, lens_t, 0.3, num_splits=1)
     assert (out.float() - one.float()).abs().max() <= TOL[dtype]
+
+
+@pytest.mark.parametrize("lens,page,dtype", [
+    ([40, 29, 21, 33], 4, torch.float32),
+    ([30, 45, 31], 6, torch.bfloat16),  # row 0 ends exactly where the shared blocks end: no tail of its own
+])
+def test_decode_prefix_shared_by_every_row(kernel_mode, lens, page, dtype):
+    # the torch path attends the blocks every row shares once for all rows (cascade); same result
+    q, kc, vc, tables, lens_t, ks, vs = paged_case(lens, 8, 2, 16, page, dtype, 5, seed=3, share_all=True)
+    assert pa._shared_blocks(tables.long(), lens_t, page) == 5
+    out = pa.paged_attention_decode(q, kc, vc, tables, lens_t, 0.25)
+    assert_close_to_truth(out, q, kc, vc, tables, lens_t, ks, vs, 0.25)
 
 
 def test_decode_empty_batch_and_all_zero(kernel_mode):

@@ -96,6 +96,19 @@ def test_kernel_draws_the_reference_tokens(dtype, config):
     assert (processed_probs(x, *args[:4]).gather(1, tokens[:, None]) > 0).all()
 
 
+@needs_triton
+@pytest.mark.parametrize("config", [{}, FALLBACK])
+def test_top_k_past_the_finite_logits(config):
+    # k beyond the finite logits: the k-th value is -inf, the kept set is every finite token; top-k-only batches
+    # skip the pass-1 noise, so on the fallback path the kernel must draw its own candidate
+    x = torch.full((256, 37), float("-inf"))
+    x[:, 3:13] = torch.randn(10, generator=torch.Generator().manual_seed(8))
+    seeds = torch.arange(256)
+    tokens, _ = sample_triton(x, 1.0, 30, 1.0, 0.0, seeds, 0, **config)
+    assert torch.equal(tokens, sample_torch(x, 1.0, 30, 1.0, 0.0, seeds, 0)[0])
+    assert ((tokens >= 3) & (tokens < 13)).all() and len(set(tokens.tolist())) == 10
+
+
 def test_greedy_is_argmax_lowest_index(kernel_mode):
     x = torch.randn(6, 37)
     x[1, [3, 20]] = 9.0  # tie: index 3 wins
