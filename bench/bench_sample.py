@@ -29,8 +29,9 @@ def make_case(B, V, shape, device, seed=0):
     else:
         x = torch.randn(B, V, generator=g)
     pick = lambda values: torch.tensor(values)[torch.randint(0, len(values), (B,), generator=g)]  # noqa: E731
+    seed, offset = torch.randint(0, 2**62, (B,), generator=g), torch.randint(0, 4096, (B,), generator=g)
     params = (pick([0.0, 0.6, 1.0, 1.0, 1.3]), pick([0, 0, 20, 50, 1000]), pick([1.0, 0.9, 0.95]),
-              pick([0.0, 0.0, 0.05]), torch.randint(0, 2**62, (B,), generator=g), torch.randint(0, 4096, (B,), generator=g))
+              pick([0.0, 0.0, 0.05]), seed, offset)
     return x.to(device), [t.to(device) for t in params]
 
 

@@ -124,6 +124,75 @@ def run(config_file, model, prompts, output_dir, iterations, prompts_per_iterati
         click.echo(f"done: {path}", err=True)
 
 
+@cli.group("eval")
+def eval_group():
+    """Evaluate: win rates, judge agreement, answer files for AlpacaEval / Arena-Hard / MT-Bench."""
+
+
+@eval_group.command("winrate")
+@click.option("--model", required=True, help="Model directory (or tiny-random).")
+@click.option("--baseline", required=True, help="A second model directory, or a file of reference answers.")
+@click.option("--judge", required=True, help="The judge's model directory.")
+@click.option("--prompts", required=True, help="AlpacaEval / Arena-Hard / MT-Bench questions or a prompts JSONL.")
+@click.option("--output", required=True, type=click.Path(file_okay=False))
+@click.option("--max-tokens", default=512)
+@click.option("--temperature", default=0.0, help="Answer sampling (0: greedy).")
+@click.option("--verdict-mode", type=click.Choice(["parse", "expected"]), default="parse",
+              help="parse: the judge's 'Winner: A|B|tie' line; expected: P(A) vs P(B) from the logits.")
+@click.option("--judge-max-tokens", default=512)
+@click.option("--template", type=click.Path(dir_okay=False), default=None, help="A pairwise judge prompt file.")
+@click.option("--bootstrap", default=1000, help="Bootstrap resamples for the 95% intervals.")
+@click.option("--seed", default=0)
+@dtype_option
+@device_option
+def eval_winrate(model, baseline, judge, prompts, output, max_tokens, temperature, verdict_mode, judge_max_tokens,
+                 template, bootstrap, seed, dtype, device):
+    """Head-to-head win rate (both orders), position consistency and length-controlled win rate."""
+    from .eval.commands import markdown, winrate
+
+    rep = winrate(model, baseline, judge, prompts, output, max_tokens, temperature, verdict_mode, judge_max_tokens,
+                  template, dtype, device, bootstrap, seed)
+    click.echo(markdown(rep, f"{model} vs {baseline}"))
+
+
+@eval_group.command("judge")
+@click.option("--model", required=True, help="The judge's model directory (or tiny-random).")
+@click.option("--data", required=True, help="Human-labelled pairs.")
+@click.option("--format", "fmt", type=click.Choice(["llmbar", "pandalm", "pairs"]), required=True)
+@click.option("--output", type=click.Path(file_okay=False), default=None)
+@click.option("--limit", type=int, default=None, help="Use the first N rows.")
+@click.option("--mode", type=click.Choice(["parse", "expected"]), default="parse")
+@click.option("--max-tokens", default=512)
+@click.option("--seed", default=0, help="Order of the answers of `pairs` rows (a seeded coin).")
+@dtype_option
+@device_option
+def eval_judge(model, data, fmt, output, limit, mode, max_tokens, seed, dtype, device):
+    """Agreement of a model's judgments with human labels (pointwise and pairwise prompts)."""
+    from .eval.commands import judge_agreement
+
+    click.echo(json.dumps(judge_agreement(model, data, fmt, output, limit, mode, max_tokens, seed, dtype, device),
+                          indent=2))
+
+
+@eval_group.command("export")
+@click.option("--model", default=None, help="Model directory (or tiny-random).")
+@click.option("--run", "run_dir", default=None, help="A run directory; with --iteration, its checkpoint.")
+@click.option("--iteration", type=int, default=None)
+@click.option("--prompts", required=True, help="The benchmark's own question file.")
+@click.option("--format", "fmt", type=click.Choice(["alpaca_eval", "arena_hard", "mt_bench"]), required=True)
+@click.option("--output", required=True, type=click.Path(dir_okay=False))
+@click.option("--max-tokens", default=2048)
+@click.option("--model-id", default=None, help="The name the answers carry [default: from the path].")
+@dtype_option
+@device_option
+def eval_export(model, run_dir, iteration, prompts, fmt, output, max_tokens, model_id, dtype, device):
+    """Greedy answers in the exact format AlpacaEval / Arena-Hard / MT-Bench read."""
+    from .eval.commands import export
+
+    click.echo(f"wrote {export(prompts, fmt, output, model, run_dir, iteration, max_tokens, model_id, dtype, device)}",
+               err=True)
+
+
 @cli.command()
 @click.argument("run_dir", type=click.Path())
 def report(run_dir):
@@ -136,6 +205,8 @@ def report(run_dir):
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv or os.environ.get("METAREWARD_DEBUG") == "1"
+    if not debug:  # our own messages say what went wrong; transformers' advice would only add noise
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
         cli.main(args=argv, prog_name="metareward", standalone_mode=False)
     except click.exceptions.Exit as e:

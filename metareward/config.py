@@ -129,6 +129,26 @@ def _sampling(c, role: str) -> None:
     _check(c.max_tokens >= 1, f"{role}.max_tokens must be >= 1")
 
 
+@dataclass
+class EvalConfig:
+    """Optional per-iteration evaluation: win rate of the trained model against the model it started from
+    (or the initial one) on held-out prompts, both orders, judged by a judge model."""
+    prompts: str | None = None  # held-out prompts (any format `metareward eval` reads); None: no evaluation
+    num_prompts: int = 256  # the first N of them
+    baseline: str = "previous"  # previous: M_t vs M_(t-1); initial: M_t vs M_0
+    judge: str = "initial"  # initial: M_0 (loaded again from `model` while it judges), or a model directory
+    max_tokens: int = 512  # answer length (greedy)
+    judge_max_tokens: int = 512
+    verdict_mode: str = "parse"  # parse: "Winner: A|B|tie"; expected: P(A) vs P(B) from the logits
+
+    def __post_init__(self):
+        _check(self.baseline in ("previous", "initial"), f"eval.baseline must be previous or initial, "
+                                                          f"got {self.baseline!r}")
+        _check(self.verdict_mode in ("parse", "expected"), "eval.verdict_mode must be parse or expected")
+        _check(self.num_prompts >= 1 and self.max_tokens >= 1 and self.judge_max_tokens >= 1,
+               "eval.num_prompts, max_tokens and judge_max_tokens must be >= 1")
+
+
 TRAIN_KINDS = ("actor", "judge")
 
 
@@ -151,6 +171,7 @@ class RunConfig:
     pairs: PairsConfig = field(default_factory=PairsConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self):
         _check(self.iterations >= 1, f"iterations must be >= 1, got {self.iterations}")

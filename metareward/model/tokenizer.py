@@ -6,6 +6,7 @@ from pathlib import Path
 
 from ..errors import UserError
 
+NO_LIMIT = int(1e30)  # transformers' "no maximum" value
 TINY_SPECIALS = ["<|bos|>", "<|eos|>", "<|pad|>", "<|system|>", "<|user|>", "<|assistant|>"]
 TINY_CHAT_TEMPLATE = (
     "{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}{{ eos_token }}{% endfor %}"
@@ -22,6 +23,7 @@ def load_tokenizer(path: str | Path, chat_template: str | Path | None = None):
         raise UserError(f"cannot load the tokenizer from {path}: {str(e).splitlines()[0]}") from None
     if chat_template is not None:
         set_chat_template(tok, chat_template)
+    tok.model_max_length = NO_LIMIT  # lengths are checked against the model's context by the engine/trainer
     return tok
 
 
@@ -74,4 +76,4 @@ def tiny_tokenizer():
     core.add_special_tokens(TINY_SPECIALS)
     return PreTrainedTokenizerFast(tokenizer_object=core, bos_token="<|bos|>", eos_token="<|eos|>",
                                    pad_token="<|pad|>", chat_template=TINY_CHAT_TEMPLATE,
-                                   model_max_length=4096)
+                                   model_max_length=NO_LIMIT)

@@ -117,6 +117,21 @@ def report(run_dir: str | Path) -> Path:
     b.legend(fontsize=7)
     save("stages", fig)
 
+    evals = [(t, s["eval"]) for t, s in iters if s.get("eval")]
+    if evals:
+        fig, a = plt.subplots(figsize=(6, 3.6))
+        for key, label in (("win_rate", "win rate"), ("lc_win_rate", "length-controlled win rate")):
+            pts = [(t, e[key], e.get(f"{key}_ci95")) for t, e in evals if e.get(key) is not None]
+            if pts:
+                err = [[v - (c or [v, v])[0] for _, v, c in pts], [(c or [v, v])[1] - v for _, v, c in pts]]
+                a.errorbar([t for t, _, _ in pts], [v for _, v, _ in pts], yerr=err, fmt="o-", capsize=3,
+                           label=label)
+        a.axhline(0.5, color="gray", lw=0.8)
+        base = iters[-1][1].get("eval_baseline") or "previous"
+        a.set(title=f"held-out win rate vs the {base} model (95% CI)", xlabel="iteration", ylim=(0, 1))
+        a.legend(fontsize=8)
+        save("eval", fig)
+
     rows = "".join(
         f"<tr><td>{t}</td><td>{s['prompts']}</td><td>{s['mean_response_tokens']:.1f}</td>"
         f"<td>{_num(s['mean_score'])}</td>"

@@ -7,22 +7,23 @@ import sys
 import time
 from pathlib import Path
 
-from ..config import RunConfig, dump_yaml, validate
+from ..config import RunConfig, dump_yaml, merge, validate
 from ..errors import UserError, warn
 from ..io import atomic_write
 from ..model.tiny import NAME as TINY
 from ..prompts import read_prompts
 from ..trainer.distributed import Dist, init_from_env, shard
 from . import stages
+from .evaluation import eval_base, evaluate
 from .roles import seed_of
 from .rundir import RunDir
 from .summary import render, summary
 from .templates import load_template
 from .training import train
 
-STAGES = [("actor", stages.actor), ("judge", stages.judge), ("actor_pairs", stages.actor_pairs),
-          ("meta_judge", stages.meta_judge), ("judge_pairs", stages.judge_pairs), ("train", train),
-          ("summary", summary)]
+STAGES = [("eval_base", eval_base), ("actor", stages.actor), ("judge", stages.judge),
+          ("actor_pairs", stages.actor_pairs), ("meta_judge", stages.meta_judge), ("judge_pairs", stages.judge_pairs),
+          ("train", train), ("eval", evaluate), ("summary", summary)]
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -84,6 +85,13 @@ def run(raw: dict, resume: bool = False, force: bool = False) -> Path:
     if c0.model != TINY and not Path(c0.model).is_dir():
         raise UserError(f"model directory not found: {c0.model}")
     all_prompts = read_prompts(resolve_prompts(c0.prompts))
+    if c0.eval.prompts:
+        from ..eval.formats import read_prompts as read_eval_prompts
+        read_eval_prompts(resolve_prompts(c0.eval.prompts))
+        raw = merge(raw, {"eval": {"prompts": str(resolve_prompts(c0.eval.prompts))}}, "eval")
+        configs = validate(raw)
+        if c0.eval.judge != "initial" and not Path(c0.eval.judge).is_dir() and c0.eval.judge != TINY:
+            raise UserError(f"eval.judge: model directory not found: {c0.eval.judge}")
     rd = RunDir(c0.output_dir)
     error = None
     if dist.is_main:

@@ -31,6 +31,8 @@ def summary(ctx: Context) -> dict:
         "pairs": {"actor": st["actor_pairs"]["actor_pairs"], "judge": st["judge_pairs"]["judge_pairs"]},
         "drops": {"actor": st["actor_pairs"]["actor_drops"], "judge": st["judge_pairs"]["judge_drops"]},
         "train": st["train"],
+        "eval": st.get("eval", {}).get("eval"),
+        "eval_baseline": st.get("eval", {}).get("eval_baseline"),
         "stages": {name: {k: v[k] for k in ("seconds", "tokens_per_s", "prefix_cache_hit_rate") if k in v}
                    for name, v in st.items()},
     }
@@ -39,6 +41,10 @@ def summary(ctx: Context) -> dict:
         from ..io import write_json
         write_json(ctx.dir / "summary.json", out)
     return {}
+
+
+def _fmt(x) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
 
 
 def render(s: dict) -> str:
@@ -58,6 +64,8 @@ def render(s: dict) -> str:
         f"train on {tr.get('kinds')}: {tr.get('steps', 0)} steps, loss "
         + (f"{fin['loss']:.4f}, reward accuracy {fin['rewards/accuracies']:.2f}" if fin.get("loss") is not None
            else "n/a"),
+        *([f"eval vs the {'previous' if s['eval_baseline'] == 'previous' else 'initial'} model: win rate {s['eval']['win_rate']:.3f} "
+           f"(LC {_fmt(s['eval']['lc_win_rate'])}) over {s['eval']['n']} prompts"] if s.get("eval") else []),
         "stages: " + ", ".join(f"{k} {v['seconds']:.1f}s" + (f" {v['tokens_per_s']:.0f} tok/s" if "tokens_per_s" in v
                                                              else "") for k, v in s["stages"].items()),
     ]

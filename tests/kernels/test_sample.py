@@ -110,7 +110,7 @@ def test_top_k_past_the_finite_logits(config):
 
 
 def test_greedy_is_argmax_lowest_index(kernel_mode):
-    x = torch.randn(6, 37)
+    x = torch.randn(6, 37, generator=torch.Generator().manual_seed(9))
     x[1, [3, 20]] = 9.0  # tie: index 3 wins
     x[2] = 0.0
     tokens, _ = sample(x, torch.tensor([0.0, 0.0, 0.0, -1.0, 0.0, 0.0]), 5, 0.5, 0.1, torch.arange(6), 0)
@@ -137,7 +137,7 @@ def test_deterministic_and_keyed_on_seed_and_offset(kernel_mode):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_logprobs_are_raw_log_softmax(kernel_mode, dtype):
-    x = (torch.randn(8, 1000) * 3).to(dtype)
+    x = (torch.randn(8, 1000, generator=torch.Generator().manual_seed(10)) * 3).to(dtype)
     tokens, logprobs = sample(x, 0.5, 10, 0.9, 0.0, torch.arange(8), 1)
     expected = torch.log_softmax(x.double(), 1).gather(1, tokens[:, None])[:, 0]
     assert logprobs.dtype == torch.float32 and tokens.dtype == torch.int64
@@ -146,7 +146,7 @@ def test_logprobs_are_raw_log_softmax(kernel_mode, dtype):
 
 
 def test_scalars_broadcast(kernel_mode):
-    x = torch.randn(5, 37)
+    x = torch.randn(5, 37, generator=torch.Generator().manual_seed(11))
     full = sample(x, torch.full((5,), 0.8), torch.full((5,), 5), torch.full((5,), 0.9), torch.zeros(5),
                   torch.full((5,), 3), torch.full((5,), 4))
     scalars = sample(x, 0.8, 5, 0.9, 0.0, 3, torch.tensor(4))

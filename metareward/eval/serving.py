@@ -1,0 +1,97 @@
+"""Evaluation loads models one at a time (the model, a baseline model, a judge) and frees each after use."""
+from __future__ import annotations
+
+import contextlib
+import gc
+
+import torch
+
+from ..engine import Engine, SamplingParams
+from ..errors import warn
+from ..recipe.roles import read_next, strip_stop
+from ..recipe.templates import load_template
+from .formats import EvalPrompt, turn_messages
+from .templates import pairwise_prompt, parse_pairwise_verdict
+
+
+@contextlib.contextmanager
+def serving(path: str, dtype=None, device=None, chat_template=None):
+    """(model, tokenizer, engine) for the duration of the block."""
+    from ..model import load_model
+    model, tok = load_model(path, dtype=dtype, device=device, chat_template=chat_template)
+    engine = Engine(model, tok)
+    try:
+        yield model, tok, engine
+    finally:
+        engine.release()
+        del engine, model
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def answer(engine: Engine, prompts: list[EvalPrompt], params: SamplingParams, desc: str = "answers") -> dict:
+    """{prompt id: [answer per turn]}: turn k of every prompt in one batch, each turn seeing the model's own
+    earlier answers (MT-Bench's second turn)."""
+    out = {p.id: [] for p in prompts}
+    for k in range(max(len(p.turns) for p in prompts)):
+        todo = [p for p in prompts if len(p.turns) > k]
+        outs = engine.generate([turn_messages(p, out[p.id]) for p in todo], params, desc=f"{desc} (turn {k + 1})")
+        for p, o in zip(todo, outs):
+            out[p.id].append(o.samples[0].text)
+    return out
+
+
+def pairwise(engine: Engine, questions: list[str], a: list[str], b: list[str], mode: str, max_tokens: int,
+             template: str | None = None, desc: str = "judge") -> tuple[list[str | None], list[str]]:
+    """The judge's verdict ("A" / "B" / "tie" / None) for each (question, response A, response B), greedy.
+    expected mode: the more probable of "A" and "B" after the judge's text and "Winner: " (small models
+    that do not write the verdict line)."""
+    ids = [engine.encode([{"role": "user", "content": pairwise_prompt(q, x, y, template)}])
+           for q, x, y in zip(questions, a, b)]
+    ok = _fits(engine, ids, max_tokens, desc)
+    outs = engine.generate([ids[i] for i in ok], SamplingParams(temperature=0, max_tokens=max_tokens), desc=desc)
+    verdicts, texts = [None] * len(ids), [""] * len(ids)
+    for i, o in zip(ok, outs):
+        texts[i] = o.samples[0].text
+    if mode == "parse":
+        for i in ok:
+            verdicts[i] = parse_pairwise_verdict(texts[i])
+        return verdicts, texts
+    ctxs = [o.prompt_token_ids + strip_stop(engine, o.samples[0].token_ids) for o in outs]
+    lps = read_next(engine, ctxs, "\nWinner: ", ["A", "B"], f"{desc} verdicts")
+    for i, (la, lb) in zip(ok, lps):
+        verdicts[i] = None if la == lb else ("A" if la > lb else "B")
+    return verdicts, texts
+
+
+def _fits(engine: Engine, ids: list[list[int]], max_tokens: int, desc: str) -> list[int]:
+    """Indices of the judge prompts that leave room for the verdict; the others get no verdict (counted
+    by the caller as excluded), with a warning."""
+    room = engine.max_model_len - max_tokens - 8  # 8: expected mode's appended "Winner: " / "Score: "
+    ok = [i for i, x in enumerate(ids) if len(x) <= room]
+    if len(ok) < len(ids):
+        warn(f"{desc}: {len(ids) - len(ok)} of {len(ids)} judge prompts exceed the judge's context "
+             f"({engine.max_model_len} tokens) and get no verdict")
+    return ok
+
+
+def pointwise(engine: Engine, questions: list[str], responses: list[str], mode: str, max_tokens: int,
+              desc: str = "judge") -> list[float | None]:
+    """The recipe's judge prompt and score (parse: the last "Score: x"; expected: E[score] from the logits)."""
+    from ..recipe import scoring
+    t = load_template("judge")
+    ids = [engine.encode([{"role": "user", "content": t.render(question=q, response=r)}])
+           for q, r in zip(questions, responses)]
+    ok = _fits(engine, ids, max_tokens, desc)
+    outs = engine.generate([ids[i] for i in ok], SamplingParams(temperature=0, max_tokens=max_tokens), desc=desc)
+    scores = [None] * len(ids)
+    if mode == "parse":
+        for i, o in zip(ok, outs):
+            scores[i] = scoring.parse_score(o.samples[0].text)
+        return scores
+    ctxs = [o.prompt_token_ids + strip_stop(engine, o.samples[0].token_ids) for o in outs]
+    lps = read_next(engine, ctxs, "\n" + scoring.SCORE_PREFIX, scoring.SCORE_CANDIDATES, f"{desc} scores")
+    for i, lp in zip(ok, lps):
+        scores[i] = scoring.expected_value(lp)
+    return scores
