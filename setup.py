@@ -13,7 +13,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["metareward", "metareward.*"]),
-    package_data={"metareward": ["recipe/templates/*.txt", "eval/templates/*.txt", "data/*.jsonl"]},
+    package_data={"metareward": ["recipe/templates/*.txt"]},
     install_requires=[
         # A range, so that a CUDA torch already installed is kept; the CPU path pins torch==2.13.0 (README).
         "torch>=2.6,<3",

@@ -16,6 +16,25 @@ def _is_model(ref: str) -> bool:
     return ref == "tiny-random" or Path(ref).is_dir()
 
 
+def _require_empty(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UserError(f"output directory {out} is not empty")
+
+
+def _require_same_questions(prompts, path: str) -> None:
+    # AlpacaEval rows have no ids: both files are keyed by row index, so a subset of the questions (the first
+    # rows excepted) would be judged against the answers to other questions; compare the texts where the
+    # answers file has them (Arena-Hard / FastChat answer files carry question ids only)
+    try:
+        theirs = {p.id: p.turns[0] for p in formats.read_prompts(path)}
+    except UserError:
+        return
+    for p in prompts:
+        if p.id in theirs and theirs[p.id] != p.turns[0]:
+            raise UserError(f"prompt {p.id!r}: the question in {path} is not the one in the prompts file "
+                            f"(AlpacaEval rows are matched by row index: use the same file, or its first rows)")
+
+
 def head_to_head(questions, ids, model_answers, baseline_answers, engine, mode, max_tokens, template=None,
                  n_boot=1000, seed=0) -> tuple[list[dict], dict]:
     """Judge every (model, baseline) answer pair in both orders -> (per-question rows, win-rate report)."""
@@ -57,8 +76,7 @@ def winrate(model: str, baseline: str, judge: str, prompts_path: str, output: st
             temperature: float = 0.0, verdict_mode: str = "parse", judge_max_tokens: int = 512,
             template: str | None = None, dtype=None, device=None, n_boot: int = 1000, seed: int = 0) -> dict:
     out = Path(output)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"output directory {out} is not empty")
+    _require_empty(out)
     prompts = formats.read_prompts(prompts_path)
     tmpl = load_pairwise_template(template)
     for name, ref in (("model", model), ("judge", judge)):
@@ -70,6 +88,7 @@ def winrate(model: str, baseline: str, judge: str, prompts_path: str, output: st
             raise UserError(f"baseline: neither a model directory nor an answers file: {baseline}")
         reference = formats.read_reference_answers(baseline)
         formats.require_answers(prompts, reference, baseline)
+        _require_same_questions(prompts, baseline)
     params = SamplingParams(temperature=temperature, max_tokens=max_tokens, seed=seed)
     with serving(model, dtype, device) as (_, _, engine):
         mine = {k: v[0] for k, v in answer(engine, prompts, params, "model answers").items()}
@@ -94,6 +113,8 @@ def judge_agreement(model: str, data: str, fmt: str, output: str | None = None, 
                     mode: str = "parse", max_tokens: int = 512, seed: int = 0, dtype=None, device=None) -> dict:
     if fmt not in formats.JUDGE_READERS:
         raise UserError(f"unknown format {fmt!r}: choose one of {', '.join(formats.JUDGE_READERS)}")
+    if output:  # its summary.json would replace another job's (a win rate's) without a word
+        _require_empty(Path(output))
     rows = formats.read_judge_pairs(data, fmt, seed=seed)[:limit]
     if not _is_model(model):
         raise UserError(f"model directory not found: {model}")
@@ -131,16 +152,18 @@ def export(prompts_path: str, fmt: str, output: str, model: str | None = None, r
         raise UserError(f"unknown format {fmt!r}: choose one of {', '.join(EXPORTERS)}")
     if (model is None) == (run is None):
         raise UserError("give either --model DIR or --run RUN_DIR --iteration T")
+    if iteration is not None and run is None:
+        raise UserError("--iteration needs --run RUN_DIR")
     if run is not None:
         if iteration is None:
             raise UserError("--run needs --iteration T")
         model = str(Path(run) / f"iter_{iteration}" / "checkpoint")
         if not Path(model).is_dir():
             raise UserError(f"{run} has no checkpoint for iteration {iteration} ({model})")
-        model_id = model_id or f"{Path(run).name}-iter{iteration}"
+        model_id = model_id or f"{Path(run).resolve().name}-iter{iteration}"  # resolve: --run . has no name
     elif not _is_model(model):
         raise UserError(f"model directory not found: {model}")
-    model_id = model_id or Path(model).name
+    model_id = model_id or Path(model).resolve().name
     prompts = formats.read_prompts(prompts_path)
     formats._require_format(prompts, fmt)
     with serving(model, dtype, device) as (_, tok, engine):

@@ -36,9 +36,17 @@ def answer(engine: Engine, prompts: list[EvalPrompt], params: SamplingParams, de
     out = {p.id: [] for p in prompts}
     for k in range(max(len(p.turns) for p in prompts)):
         todo = [p for p in prompts if len(p.turns) > k]
-        outs = engine.generate([turn_messages(p, out[p.id]) for p in todo], params, desc=f"{desc} (turn {k + 1})")
-        for p, o in zip(todo, outs):
-            out[p.id].append(o.samples[0].text)
+        ids = [engine.encode(turn_messages(p, out[p.id])) for p in todo]
+        ok = [i for i, x in enumerate(ids) if len(x) < engine.max_model_len]
+        if len(ok) < len(ids):  # the engine refuses such a prompt: an empty answer, with a warning, not a crash
+            skipped = [p.id for p, x in zip(todo, ids) if len(x) >= engine.max_model_len]
+            warn(f"{desc} (turn {k + 1}): {len(skipped)} of {len(ids)} prompts exceed the model's context "
+                 f"({engine.max_model_len} tokens) and get an empty answer: {', '.join(skipped[:5])}"
+                 + (", ..." if len(skipped) > 5 else ""))
+        outs = engine.generate([ids[i] for i in ok], params, desc=f"{desc} (turn {k + 1})")
+        texts = dict(zip(ok, (o.samples[0].text for o in outs)))
+        for i, p in enumerate(todo):
+            out[p.id].append(texts.get(i, ""))
     return out
 
 
@@ -49,7 +57,7 @@ def pairwise(engine: Engine, questions: list[str], a: list[str], b: list[str], m
     that do not write the verdict line)."""
     ids = [engine.encode([{"role": "user", "content": pairwise_prompt(q, x, y, template)}])
            for q, x, y in zip(questions, a, b)]
-    ok = _fits(engine, ids, max_tokens, desc)
+    ok = _fits(engine, ids, max_tokens, desc, "\nWinner: " if mode == "expected" else "")
     outs = engine.generate([ids[i] for i in ok], SamplingParams(temperature=0, max_tokens=max_tokens), desc=desc)
     verdicts, texts = [None] * len(ids), [""] * len(ids)
     for i, o in zip(ok, outs):
@@ -65,10 +73,12 @@ def pairwise(engine: Engine, questions: list[str], a: list[str], b: list[str], m
     return verdicts, texts
 
 
-def _fits(engine: Engine, ids: list[list[int]], max_tokens: int, desc: str) -> list[int]:
+def _fits(engine: Engine, ids: list[list[int]], max_tokens: int, desc: str, suffix: str = "") -> list[int]:
     """Indices of the judge prompts that leave room for the verdict; the others get no verdict (counted
-    by the caller as excluded), with a warning."""
-    room = engine.max_model_len - max_tokens - 8  # 8: expected mode's appended "Winner: " / "Score: "
+    by the caller as excluded), with a warning. Expected mode reads the next token after prompt + judge's
+    text + `suffix` (a newline and "Winner: ": 9 tokens byte-level), and the engine takes a prompt only
+    below its context."""
+    room = engine.max_model_len - 1 - max_tokens - len(engine.tokenizer.encode(suffix, add_special_tokens=False))
     ok = [i for i, x in enumerate(ids) if len(x) <= room]
     if len(ok) < len(ids):
         warn(f"{desc}: {len(ids) - len(ok)} of {len(ids)} judge prompts exceed the judge's context "
@@ -83,7 +93,7 @@ def pointwise(engine: Engine, questions: list[str], responses: list[str], mode: 
     t = load_template("judge")
     ids = [engine.encode([{"role": "user", "content": t.render(question=q, response=r)}])
            for q, r in zip(questions, responses)]
-    ok = _fits(engine, ids, max_tokens, desc)
+    ok = _fits(engine, ids, max_tokens, desc, "\n" + scoring.SCORE_PREFIX if mode == "expected" else "")
     outs = engine.generate([ids[i] for i in ok], SamplingParams(temperature=0, max_tokens=max_tokens), desc=desc)
     scores = [None] * len(ids)
     if mode == "parse":

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..engine import SamplingParams
+from ..errors import UserError, warn
 from ..eval import formats, stats
 from ..eval.serving import answer, pairwise, serving
 from ..trainer.distributed import gathered
@@ -23,9 +24,13 @@ def _answers(ctx: Context, name: str) -> dict:
     model, tok, engine = ctx.model_fn()
     prompts = _prompts(ctx)
     params = SamplingParams(temperature=0, max_tokens=ctx.cfg.eval.max_tokens)
+
+    def share(ps):  # one batch for this process's prompts
+        got = answer(engine, ps, params, f"iter {ctx.t} eval answers") if ps else {}
+        return [got[p.id][0] for p in ps]
+
     with gathered(model):
-        got = split(ctx.dist, prompts, lambda ps: [answer(engine, ps, params, f"iter {ctx.t} eval answers")[p.id][0]
-                                                     for p in ps] if ps else [])
+        got = split(ctx.dist, prompts, share)
     rows = [{"id": p.id, "question": p.turns[0], "answer": a} for p, a in zip(prompts, got)]
     ctx.write(name, rows)
     return {"eval_prompts": len(rows)}
@@ -70,7 +75,13 @@ def evaluate(ctx: Context) -> dict:
     first, second, lm, lb = (list(c) for c in zip(*verdicts)) if verdicts else ([], [], [], [])
     ctx.write("eval_judgments.jsonl", [{"id": i, "verdict_new_first": f, "verdict_old_first": s, "len_new": x,
                                         "len_old": y} for i, f, s, x, y in zip(ids, first, second, lm, lb)])
-    report = stats.win_rate_report(first, second, lm, lb, seed=ctx.cfg.seed)
+    try:
+        report = stats.win_rate_report(first, second, lm, lb, seed=ctx.cfg.seed)
+    except UserError as err:
+        # no verdict at all (parse mode, a judge that writes no "Winner:" line): a resumed run would stop here
+        # again, so this iteration gets no point on the curve and the run goes on
+        warn(f"iter {ctx.t} eval: {err}")
+        return {"eval": None, "eval_baseline": e.baseline, "eval_judge": judge}
     return {"eval": {k: report[k] for k in ("n", "n_excluded", "win_rate", "win_rate_ci95", "lc_win_rate",
                                             "lc_win_rate_ci95", "position_consistency")},
             "eval_baseline": e.baseline, "eval_judge": judge}

@@ -21,6 +21,7 @@ from ..errors import UserError
 ROLES: dict[str, tuple[str, ...]] = {
     "judge": ("question", "response"),
     "meta_judge": ("question", "response", "judgment_a", "judgment_b"),
+    "pairwise": ("question", "response_a", "response_b"),  # evaluation's head-to-head judge
 }
 DEFAULT_DIR = Path(__file__).with_name("templates")
 

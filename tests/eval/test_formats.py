@@ -300,7 +300,7 @@ def test_pairwise_prompt(tmp_path):
     assert text.splitlines()[-3:] == ["Winner: A", "Winner: B", "Winner: tie"]
     default = load_pairwise_template()
     for name in ("{question}", "{response_a}", "{response_b}"):
-        assert default.count(name) == 1
+        assert default.text.count(name) == 1
     mine = tmp_path / "mine.txt"
     mine.write_text("Q: {question}\nA: {response_a}\nB: {response_b}\n{json: 1}\n")
     custom = load_pairwise_template(mine)

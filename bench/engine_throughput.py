@@ -1,0 +1,345 @@
+"""Engine throughput against transformers' generate (batched, left-padded), side by side in one process on the
+same random-weight Llama, prompts and lengths: the generation phase only (after loading and a warm-up), median
+of several runs. vLLM joins as a peer when it is installed (GPU, its own subprocess, dummy weights).
+
+  python bench/engine_throughput.py [--device cuda|cpu] [--out results/engine_throughput.json]
+
+plain  greedy, ignore_eos. CPU: a 20M-parameter Llama (hidden 384, 6 layers, 6/2 heads, vocab 32000, tied),
+       32 chat prompts, 128 new tokens, float32. GPU: Llama-3-8B shape in bf16, 256 prompts of 512 random
+       tokens, 512 new tokens. The engine's greedy tokens are compared with transformers'.
+judge  the recipe's judge template (rubric + question + response) for 64 responses (16 questions x 4),
+       n=5 judgments each (temperature 0.8): prefill tokens computed against the naive count (all 320 requests
+       prefilling their whole prompt), and end to end against generate on the same 320 prompts.
+Ceiling of a decode step: (weight bytes + KV bytes read) / copy bandwidth measured in the same run."""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench.harness import copy_bandwidth, report, time_fn  # noqa: E402
+from metareward.engine import Engine, SamplingParams  # noqa: E402
+from metareward.model import CausalLM, ModelConfig  # noqa: E402
+from metareward.model.tokenizer import chat_ids, tiny_tokenizer  # noqa: E402
+from metareward.recipe.templates import load_template  # noqa: E402
+
+LLAMA2_TOKENIZER = Path(__file__).resolve().parents[2] / "shared/data/tokenizers/llama2"
+LLAMA2_CHAT = ("{% for m in messages %}{% if m['role'] == 'user' %}{{ bos_token }}[INST] {{ m['content'] }} [/INST]"
+               "{% else %} {{ m['content'] }} {{ eos_token }}{% endif %}{% endfor %}")
+SHAPES = {
+    "small": dict(vocab_size=32000, hidden_size=384, intermediate_size=768, num_hidden_layers=6,
+                  num_attention_heads=6, num_key_value_heads=2, tie_word_embeddings=True),
+    "llama3-8b": dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                      num_attention_heads=32, num_key_value_heads=8, rope_theta=500000.0, tie_word_embeddings=False),
+}
+WORDS = ("the model answer question data time people water energy city history music system language light "
+         "because which often between small large first important example process result change explain "
+         "describe simple different world number problem method learn reason should could would every").split()
+
+
+def hf_config(shape: str, layers: int | None = None, max_len: int = 4096):
+    from transformers import LlamaConfig
+    over = {"num_hidden_layers": layers} if layers else {}
+    return LlamaConfig(**{**SHAPES[shape], **over}, max_position_embeddings=max_len, bos_token_id=1, eos_token_id=2)
+
+
+def build_models(cfg, device: torch.device, dtype: torch.dtype, seed: int = 0):
+    """(transformers model, metareward CausalLM) holding the SAME weight tensors: transformers' own random init,
+    run on the target device (seconds for 8B on a GPU), then assigned into ours, which was built on meta."""
+    from transformers import AutoModelForCausalLM
+    torch.manual_seed(seed)
+    with torch.device(device):
+        hf = AutoModelForCausalLM.from_config(cfg, dtype=dtype).eval()
+    hf.generation_config.eos_token_id = None  # ignore_eos: every row runs to max_new_tokens
+    with torch.device("meta"):
+        ours = CausalLM(ModelConfig.from_hf(cfg.to_dict(), {"eos_token_id": cfg.eos_token_id}))
+    ours.load_state_dict(hf.state_dict(), strict=False, assign=True)
+    ours.tie_weights()
+    missing = [n for n, p in ours.named_parameters() if p.is_meta]
+    if missing:
+        raise RuntimeError(f"weights not loaded into metareward's model: {missing[:3]}")
+    return hf, ours.eval()
+
+
+def load_tokenizer():
+    """Llama-2's tokenizer (realistic prompt lengths) when the shared copy is there, else the byte-level one."""
+    if (LLAMA2_TOKENIZER / "tokenizer.model").is_file():
+        from transformers import LlamaTokenizer
+        tok = LlamaTokenizer.from_pretrained(str(LLAMA2_TOKENIZER), local_files_only=True)
+        tok.chat_template = LLAMA2_CHAT
+        return tok, "llama2 (32000)"
+    return tiny_tokenizer(), "byte-level tiny_tokenizer (262)"
+
+
+def words(rng: random.Random, n: int) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(n))
+
+
+def plain_prompts(tok, n: int, rng: random.Random) -> list[list[int]]:
+    return [chat_ids(tok, [{"role": "user", "content": f"Question {i}: {words(rng, rng.randint(10, 60))}?"}])
+            for i in range(n)]
+
+
+def judge_prompts(tok, questions: int, per_question: int, rng: random.Random) -> list[list[int]]:
+    template = load_template("judge")
+    out = []
+    for q in range(questions):
+        question = f"Question {q}: {words(rng, rng.randint(10, 40))}?"
+        for _ in range(per_question):
+            response = words(rng, rng.randint(40, 160)) + "."
+            out.append(chat_ids(tok, [{"role": "user", "content": template.render(question=question,
+                                                                                  response=response)}]))
+    return out
+
+
+def hf_generate(hf, prompts: list[list[int]], max_new: int, batch: int, sample: bool, pad: int) -> list[list[int]]:
+    """transformers' generate over `prompts` in batches (left-padded, sorted by length) -> new tokens per prompt."""
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    out: list[list[int]] = [[] for _ in prompts]
+    kw = dict(do_sample=True, temperature=0.8, top_k=0, top_p=1.0) if sample else dict(do_sample=False)
+    for s in range(0, len(order), batch or len(order)):
+        rows = [prompts[i] for i in order[s:s + (batch or len(order))]]
+        width = max(map(len, rows))
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, x in enumerate(rows):
+            ids[r, width - len(x):], mask[r, width - len(x):] = torch.tensor(x), 1
+        gen = hf.generate(input_ids=ids.to(hf.device), attention_mask=mask.to(hf.device), max_new_tokens=max_new,
+                          min_new_tokens=max_new, pad_token_id=pad, **kw)
+        assert gen.shape[1] == width + max_new, "generate stopped early"
+        for r, i in enumerate(order[s:s + len(rows)]):
+            out[i] = gen[r, width:].tolist()
+    return out
+
+
+class DecodeSteps:
+    """Times each engine step that is a decode step (the whole step: schedule, forward, sample, bookkeeping; its
+    sample() ends in a host copy, so the time includes the GPU's work) and the KV it reads."""
+
+    def __init__(self, engine: Engine):
+        self.times: list[float] = []
+        self.ctx_tokens: list[int] = []
+        step, decode = engine.step, engine.runner.decode
+        self.pending: int | None = None
+
+        def timed_decode(seqs):
+            self.pending = sum(len(s) for s in seqs)  # context each sequence attends to, the new token included
+            return decode(seqs)
+
+        def timed_step():
+            self.pending = None
+            t0 = time.perf_counter()
+            out = step()
+            if self.pending is not None:
+                self.times.append(time.perf_counter() - t0)
+                self.ctx_tokens.append(self.pending)
+            return out
+        engine.step, engine.runner.decode = timed_step, timed_decode
+
+    def reset(self) -> None:
+        self.times, self.ctx_tokens = [], []
+
+
+def floor_seconds(model, ctx_tokens: int, bandwidth: float) -> float:
+    c = model.config
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    if not c.tie_word_embeddings:  # the input embedding is read a row per token, not whole
+        weights -= model.model.embed_tokens.weight.numel() * model.model.embed_tokens.weight.element_size()
+    kv = ctx_tokens * c.num_layers * 2 * c.num_kv_heads * c.head_dim * model.dtype.itemsize
+    return (weights + kv) / bandwidth
+
+
+def vllm_peer(args, cfg, prompts: list[list[int]], max_new: int) -> dict:
+    """vLLM in its own process (its engine takes most of the GPU memory for its own cache), dummy weights of the
+    same shape: a throughput peer, not a token-for-token comparison."""
+    with tempfile.TemporaryDirectory() as d:
+        cfg.save_pretrained(d)
+        Path(d, "prompts.json").write_text(json.dumps(prompts))
+        code = f"""
+import json, sys, time
+from vllm import LLM, SamplingParams
+llm = LLM(model={d!r}, load_format="dummy", dtype="bfloat16", skip_tokenizer_init=True, seed=0,
+          max_model_len={cfg.max_position_embeddings}, gpu_memory_utilization=0.85)
+prompts = [{{"prompt_token_ids": p}} for p in json.load(open({str(Path(d, 'prompts.json'))!r}))]
+p = SamplingParams(temperature=0, max_tokens={max_new}, ignore_eos=True, detokenize=False)
+llm.generate(prompts[:8], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True, detokenize=False))
+times = []
+for _ in range({args.reps}):
+    t0 = time.perf_counter(); out = llm.generate(prompts, p, use_tqdm=False); times.append(time.perf_counter() - t0)
+    assert all(len(o.outputs[0].token_ids) == {max_new} for o in out)
+print("VLLM_TIMES", json.dumps(times))
+"""
+        try:
+            r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=args.vllm_timeout)
+        except subprocess.TimeoutExpired:
+            return {"note": f"vLLM did not finish within {args.vllm_timeout} s"}
+    line = next((x for x in r.stdout.splitlines() if x.startswith("VLLM_TIMES")), None)
+    if line is None:
+        return {"note": "vLLM failed: " + (r.stderr.strip().splitlines() or ["?"])[-1][:160]}
+    return seconds(json.loads(line.split(" ", 1)[1]))
+
+
+def seconds(times: list[float]) -> dict:  # median and p20/p80 as harness.time_fn states them
+    q = statistics.quantiles(times, n=10) if len(times) > 1 else [times[0]] * 9
+    return {"median_s": statistics.median(times), "p20_s": q[1], "p80_s": q[7]}
+
+
+def in_seconds(t: dict) -> dict:
+    return {k.replace("_ms", "_s"): t[k] / 1e3 for k in ("median_ms", "p20_ms", "p80_ms")}
+
+
+def time_engine(engine: Engine, steps: DecodeSteps, prompts, params, warm: SamplingParams, reps: int) -> dict:
+    engine.generate(prompts, warm, use_tqdm=False)  # warm-up: lazy init, CUDA graphs, kernel autotuning
+    last = {}
+
+    def run():
+        engine.blocks.reset_cache()  # every run starts cold: prefix-cache hits come from within the run only
+        engine.stats = type(engine.stats)()
+        steps.reset()
+        last["outs"] = engine.generate(prompts, params, use_tqdm=False)
+    t = time_fn(run, engine.model.device, warmup=0, rep=reps)
+    engine.release()  # give the KV cache's memory back before transformers runs
+    return {**in_seconds(t), "stats": engine.stats, "outs": last["outs"],
+            "step_times": steps.times, "ctx_tokens": steps.ctx_tokens}
+
+
+def time_hf(hf, prompts, max_new: int, batch: int, sample: bool, pad: int, warm: int, reps: int) -> dict:
+    hf_generate(hf, prompts, warm, batch, sample, pad)
+    last = {}
+    t = time_fn(lambda: last.update(outs=hf_generate(hf, prompts, max_new, batch, sample, pad)), hf.device,
+                warmup=0, rep=reps)
+    return {**in_seconds(t), "outs": last["outs"]}
+
+
+def greedy_match(engine_outs, hf_outs) -> dict:
+    ours = [o.samples[0].token_ids for o in engine_outs]
+    agree = [next((i for i, (a, b) in enumerate(zip(x, y)) if a != b), len(x)) for x, y in zip(ours, hf_outs)]
+    return {"rows equal": f"{sum(a == len(x) for a, x in zip(agree, ours))}/{len(ours)}",
+            "tokens before the first difference": f"{sum(agree)}/{sum(map(len, ours))}",
+            "first differences at": sorted(a for a, x in zip(agree, ours) if a < len(x))}
+
+
+def engine_row(workload: str, r: dict, model, bandwidth: float, new_tokens: int) -> dict:
+    n, steps = len(r["step_times"]), r["step_times"]
+    step_ms = 1e3 * sum(steps) / max(n, 1)
+    floor_ms = 1e3 * sum(floor_seconds(model, c, bandwidth) for c in r["ctx_tokens"]) / max(n, 1)
+    return {"workload": workload, "provider": "engine", "median_s": r["median_s"], "p20_s": r["p20_s"],
+            "p80_s": r["p80_s"], "out tok/s": new_tokens / r["median_s"], "prefill tokens": r["stats"].computed_tokens,
+            "decode step ms": step_ms, "floor ms": floor_ms, "step / floor": step_ms / floor_ms if n else None}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])
+    ap.add_argument("--out", default=None, help="write the results as JSON here")
+    ap.add_argument("--shape", choices=list(SHAPES), help="default: llama3-8b on cuda, small on cpu")
+    ap.add_argument("--layers", type=int, help="override the shape's layer count (smoke tests)")
+    ap.add_argument("--prompts", type=int, help="plain workload: prompts (default 256 cuda, 32 cpu)")
+    ap.add_argument("--prompt-len", type=int, help="plain: random prompts of this many tokens (default 512 cuda; "
+                                                  "cpu: chat prompts)")
+    ap.add_argument("--new", type=int, help="plain: new tokens (default 512 cuda, 128 cpu)")
+    ap.add_argument("--judge-new", type=int, help="judge: tokens per judgment (default 256 cuda, 64 cpu)")
+    ap.add_argument("--judge-questions", type=int, default=16, help="judge: questions (x4 responses, x5 judgments)")
+    ap.add_argument("--hf-batch", type=int, help="transformers' batch size on the judge workload (0: all; "
+                                                 "default 64 cuda, 0 cpu); the plain workload runs in one batch")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--hf-reps", type=int, help="repetitions of transformers' runs (default 2 cuda, 3 cpu)")
+    ap.add_argument("--no-vllm", action="store_true", help="skip the vLLM peer even when it is installed")
+    ap.add_argument("--vllm-timeout", type=int, default=240)
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    gpu = device.type == "cuda"
+    shape = args.shape or ("llama3-8b" if gpu else "small")
+    dtype = torch.bfloat16 if gpu else torch.float32
+    n_prompts, new = args.prompts or (256 if gpu else 32), args.new or (512 if gpu else 128)
+    prompt_len = args.prompt_len if args.prompt_len is not None else (512 if gpu else 0)
+    judge_new, hf_reps = args.judge_new or (256 if gpu else 64), args.hf_reps or (2 if gpu else 3)
+    hf_batch = args.hf_batch if args.hf_batch is not None else (64 if gpu else 0)
+    from transformers.utils import logging as hf_logging
+    hf_logging.set_verbosity_error()
+
+    tok, tok_name = load_tokenizer()
+    rng = random.Random(0)
+    judge = judge_prompts(tok, args.judge_questions, 4, rng)
+    cfg = hf_config(shape, args.layers, max_len=max(4096, max(map(len, judge)) + judge_new, prompt_len + new))
+    if prompt_len:
+        g = torch.Generator().manual_seed(0)
+        plain = torch.randint(3, cfg.vocab_size, (n_prompts, prompt_len), generator=g).tolist()
+    else:
+        plain = plain_prompts(tok, n_prompts, rng)
+    rows, extra = [], {}
+    vllm = None
+    if gpu and not args.no_vllm:
+        import importlib.util
+        if importlib.util.find_spec("vllm") is not None:  # first, while this process holds no GPU memory
+            vllm = vllm_peer(args, cfg, plain, new)
+    bandwidth = copy_bandwidth(device)
+    hf, model = build_models(cfg, device, dtype)
+    engine = Engine(model, tok, max_num_seqs=512, kv_cache_memory=0.45 if gpu else float(2**30))
+    steps = DecodeSteps(engine)
+    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+
+    # plain: greedy, fixed lengths
+    e = time_engine(engine, steps, plain, SamplingParams(temperature=0, max_tokens=new, ignore_eos=True),
+                    SamplingParams(temperature=0, max_tokens=4, ignore_eos=True), args.reps)
+    h = time_hf(hf, plain, new, 0, False, pad, 4, hf_reps)
+    rows.append(engine_row("plain", e, model, bandwidth, n_prompts * new))
+    rows.append({"workload": "plain", "provider": "transformers", **{k: h[k] for k in ("median_s", "p20_s", "p80_s")},
+                 "out tok/s": n_prompts * new / h["median_s"], "prefill tokens": sum(map(len, plain))})
+    if vllm is not None:
+        rows.append({"workload": "plain", "provider": "vllm (dummy weights)", **vllm,
+                     **({"out tok/s": n_prompts * new / vllm["median_s"]} if "median_s" in vllm else {})})
+    extra["greedy tokens, engine vs transformers"] = greedy_match(e["outs"], h["outs"])
+
+    # judge: n=5 samples of each judge prompt, the rubric shared by all, the whole prompt by a request's samples
+    n = 5
+    params = [SamplingParams(n=n, temperature=0.8, max_tokens=judge_new, ignore_eos=True, seed=i)
+              for i in range(len(judge))]
+    e = time_engine(engine, steps, judge, params, SamplingParams(n=n, temperature=0.8, max_tokens=4, ignore_eos=True),
+                    args.reps)
+    repeated = [p for p in judge for _ in range(n)]
+    h = time_hf(hf, repeated, judge_new, hf_batch, True, pad, 4, hf_reps)
+    naive = n * sum(map(len, judge))
+    rows.append({**engine_row("judge", e, model, bandwidth, len(repeated) * judge_new),
+                 "fewer prefill x": naive / e["stats"].computed_tokens})
+    rows.append({"workload": "judge", "provider": "transformers", **{k: h[k] for k in ("median_s", "p20_s", "p80_s")},
+                 "out tok/s": len(repeated) * judge_new / h["median_s"], "prefill tokens": naive, "fewer prefill x": 1.0})
+    for w in ("plain", "judge"):
+        base = next(r["median_s"] for r in rows if r["workload"] == w and r["provider"] == "transformers")
+        for r in rows:
+            if r["workload"] == w and "median_s" in r:
+                r["speedup"] = base / r["median_s"]
+    lens = sorted(map(len, judge))
+    c = model.config
+    extra.update({
+        "model": f"{shape}: {c.num_layers} layers, hidden {c.hidden_size}, heads {c.num_heads}/{c.num_kv_heads}, "
+                 f"vocab {c.vocab_size}, {c.num_params / 1e6:.1f}M params, {dtype}, random init (std 0.02)",
+        "tokenizer": tok_name,
+        "plain": f"{n_prompts} prompts ({'random ids' if prompt_len else 'chat'}, {min(map(len, plain))}-"
+                 f"{max(map(len, plain))} tokens), {new} new tokens, greedy, ignore_eos; transformers in one batch",
+        "judge": f"{len(judge)} prompts ({args.judge_questions} questions x 4 responses, {lens[0]}-{lens[-1]} tokens, "
+                 f"median {lens[len(lens) // 2]}) x n={n}, temperature 0.8, {judge_new} new tokens, ignore_eos; "
+                 f"transformers: the {len(repeated)} prompts in batches of {hf_batch or len(repeated)}",
+        "naive prefill tokens (judge)": naive,
+        "engine prefix-cache hit rate (judge)": round(e["stats"].hit_rate, 4),
+        "copy bandwidth (GB/s, read+write)": round(bandwidth / 1e9, 1),
+        "floor": "(weight bytes + KV bytes read) / copy bandwidth, per decode step; step = the engine's whole step",
+        "vllm": "absent" if vllm is None and gpu else ("n/a on CPU" if not gpu else "present"),
+    })
+    report("engine throughput", device, rows, ["workload", "provider", "median_s", "p20_s", "p80_s", "out tok/s",
+                                               "speedup", "prefill tokens", "fewer prefill x", "decode step ms",
+                                               "floor ms", "step / floor"], args.out, extra)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
