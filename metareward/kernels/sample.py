@@ -103,9 +103,16 @@ def sample_torch(logits, temperature, top_k, top_p, min_p, seed, offset):
     """Sort-based reference (CPU path, test oracle): same signature, same tokens as the kernel."""
     _, V, (t, k, p, mp, s, o) = _prepare(logits, temperature, top_k, top_p, min_p, seed, offset)
     x = logits.float()
-    z = x * torch.where(t > 0, 1.0 / t, 1.0)[:, None]  # the kernel's z, bit for bit
-    key = torch.where(z >= _threshold(z, k, p, mp)[:, None], z + gumbel_noise(s, o, V), NEG)
-    tokens = torch.where(t > 0, key.argmax(1), x.argmax(1))  # argmax: first maximum, like the kernel
+    tokens = x.argmax(1)  # greedy rows; argmax: first maximum, like the kernel
+    sampled = t > 0
+    # On the CPU this is the engine's sampler, every step: skip the noise when every row is greedy and the
+    # sort when no row filters (both are exact shortcuts: the same tokens as the full computation).
+    if bool(sampled.any()):
+        z = x * torch.where(sampled, 1.0 / t, 1.0)[:, None]  # the kernel's z, bit for bit
+        key = z + gumbel_noise(s, o, V)
+        if bool((((k > 0) & (k < V)) | (p < 1) | (mp > 0)).any()):
+            key = torch.where(z >= _threshold(z, k, p, mp)[:, None], key, NEG)
+        tokens = torch.where(sampled, key.argmax(1), tokens)
     return tokens, torch.log_softmax(x, 1).gather(1, tokens[:, None])[:, 0]
 
 

@@ -166,3 +166,56 @@ def test_non_empty_output_needs_force(pairs_file, tmp_path, capsys):
     (out / "keep.txt").write_text("x")
     assert main(["train-dpo", "--pairs", str(pairs_file), "--output", str(out)]) == 2
     assert "not empty" in capsys.readouterr().err and (out / "keep.txt").read_text() == "x"
+
+
+def test_same_engine_generates_from_the_trained_weights_without_reload(pairs_file):
+    from metareward.engine import Engine, SamplingParams
+    model, tok = metareward.load_model("tiny-random")
+    pairs, _ = load_pairs(pairs_file, tok, 512)
+    engine = Engine(model, tok, num_kv_blocks=256)
+    prompt = [{"role": "user", "content": "What is 3 plus 3?"}]
+    cands = list(range(40, 60))
+    before = engine.next_token_logprobs([prompt], cands, use_tqdm=False)[0]
+    tensors = [p.data_ptr() for p in model.parameters()]
+    engine.release()  # training takes the cache's memory
+    train(model, pairs, DPOConfig(lr=1e-3, epochs=2, batch_size=4, warmup_ratio=0.0), use_tqdm=False)
+    assert [p.data_ptr() for p in model.parameters()] == tensors  # updated in place: no copy, no reload
+    after = engine.next_token_logprobs([prompt], cands, use_tqdm=False)[0]
+    assert max(abs(a - b) for a, b in zip(before, after)) > 1e-3
+    fresh = Engine(model, tok, num_kv_blocks=256).next_token_logprobs([prompt], cands, use_tqdm=False)[0]
+    assert after == pytest.approx(fresh, abs=1e-6)  # no stale prefix-cache KV from the old weights
+    out = engine.generate([prompt], SamplingParams(temperature=0, max_tokens=4), use_tqdm=False)[0]
+    assert len(out.samples[0].token_ids) >= 1
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(pairs_file):
+    model, tok = metareward.load_model("tiny-random")
+    pairs, _ = load_pairs(pairs_file, tok, 512)
+    batch = pack(pairs, range(4))
+    grads = []
+    for ckpt in (False, True):
+        model.zero_grad()
+        model.gradient_checkpointing = ckpt
+        c, r = policy_logps(model, batch)
+        (c - r).sum().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    model.gradient_checkpointing = False
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_master_weights_keep_float32_state_for_bfloat16_parameters():
+    from metareward.trainer.optim import MasterWeights, make_optimizer
+    model, _ = metareward.load_model("tiny-random", dtype="bfloat16")
+    opt = make_optimizer(model, 1e-2, (0.9, 0.999), 0.0, master_weights=True)
+    assert isinstance(opt, MasterWeights) and all(m.dtype == torch.float32 for m in opt.master)
+    p0 = [p.detach().clone() for p in model.parameters()]
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 1e-3)
+    opt.step()
+    for p, m, old in zip(model.parameters(), opt.master, p0):
+        assert torch.equal(p, m.to(torch.bfloat16))  # the model's tensor is the rounded master
+        # AdamW's first step moves every weight by lr (times the sign of the gradient)
+        torch.testing.assert_close(m, old.float() - 1e-2, rtol=0, atol=1e-6)
+    pure = make_optimizer(model, 1e-2, (0.9, 0.999), 0.0, master_weights=False)
+    assert isinstance(pure, torch.optim.AdamW)
