@@ -18,7 +18,6 @@ class ModelRunner:
         cfg = model.config
         self.block_size = block_size
         self.max_blocks_per_seq = -(-max_model_len // block_size)
-        self.block_bytes = 2 * cfg.num_layers * block_size * cfg.num_kv_heads * cfg.head_dim * model.dtype.itemsize
         self._num_blocks = num_kv_blocks
         self.kv_cache_memory = kv_cache_memory
         self.max_num_seqs = max_num_seqs
@@ -27,6 +26,12 @@ class ModelRunner:
         self.graphs: DecodeGraphs | None = None
 
     # -- the KV cache ----------------------------------------------------------------------------------
+    @property
+    def block_bytes(self) -> int:
+        # read when the cache is sized: under FSDP mixed precision the gathered weights (bf16) set the dtype
+        c = self.model.config
+        return 2 * c.num_layers * self.block_size * c.num_kv_heads * c.head_dim * self.model.dtype.itemsize
+
     def num_blocks(self) -> int:
         if self._num_blocks is None:
             if self.device.type == "cuda":

@@ -61,10 +61,14 @@ class Models:
             from ..engine import Engine
             from ..model import load_model
             path = self.cfg.model if self.t == 1 else self.rd.path / f"iter_{self.t - 1}" / "checkpoint"
-            model, tok = load_model(path, dtype=self.cfg.dtype, device=self.device or self.cfg.device,
+            device = self.device or self.cfg.device
+            # several GPUs: FSDP2 keeps float32 shards (the master weights) and gathers them in bf16
+            mixed = (self.dist.enabled and self.cfg.dtype is None and self.cfg.dpo.master_weights
+                     and str(device).startswith("cuda"))
+            model, tok = load_model(path, dtype="float32" if mixed else self.cfg.dtype, device=device,
                                     chat_template=self.cfg.chat_template, max_model_len=self.cfg.engine.max_model_len)
             if self.dist.enabled:
-                shard(model, self.dist, mixed_precision=False)
+                shard(model, self.dist, mixed_precision=mixed)
             e = self.cfg.engine
             engine = Engine(model, tok, max_model_len=e.max_model_len, block_size=e.block_size,
                             max_num_seqs=e.max_num_seqs, max_num_batched_tokens=e.max_num_batched_tokens,

@@ -231,7 +231,7 @@ def test_winrate_arena_hard_baseline_file(tmp_path, capsys, shared_data):
 
     short = [q for q in questions if sum(size(q)) < 1000][:2]  # judge prompts of ~2.3 kB: fit
     long_answer = next(q for q in questions if size(q)[1] > 3500 and size(q)[0] < 500)  # judge prompt > 4.8 kB
-    huge = next(q for q in questions if size(q)[0] > 5000)  # longer than the context: no answer either
+    huge = next(q for q in questions if size(q)[0] > 4100)  # longer than the context: no answer either
     picked = [short[0], long_answer, short[1], huge]
     qfile = jsonl(tmp_path / "q.jsonl", picked)
     out = tmp_path / "out"
@@ -331,7 +331,7 @@ def test_bad_input_is_one_error_line_exit_2_and_nothing_written(tmp_path, capsys
                                               "--format", "alpaca_eval")
     line = fails(capsys, "eval", "export", "--model", "tiny-random", "--prompts", mt, "--output", out / "a.json",
                  "--format", "alpaca_eval")
-    assert "a alpaca_eval export needs the alpaca_eval question set; prompt '81' was read as 'mt_bench'" in line
+    assert "needs the alpaca_eval question set; prompt '81' was read as 'mt_bench'" in line
     assert not out.exists()
 
 
@@ -483,7 +483,7 @@ def test_export_arena_hard(tmp_path, capsys, shared_data, tok):
     assert len({r["answer_id"] for r in rows}) == 3
 
 
-def test_export_mt_bench_second_turn_sees_the_first_answer(tmp_path, capsys, monkeypatch, shared_data):
+def test_export_mt_bench_second_turn_sees_the_first_answer(tmp_path, capsys, monkeypatch):
     calls = []  # (question id, answers so far, the messages built for the next turn)
     real = serving.turn_messages
 
@@ -498,9 +498,9 @@ def test_export_mt_bench_second_turn_sees_the_first_answer(tmp_path, capsys, mon
        "--format", "mt_bench", "--output", out, "--max-tokens", "8")
     rows = rows_of(out)
     assert [r["question_id"] for r in rows] == [81, 82]
-    reference = rows_of(shared_data / "mt_bench_reference_answer_gpt-4.jsonl")[0]
-    for r, q in zip(rows, MT):
-        assert list(r) == list(reference) and list(r["choices"][0]) == list(reference["choices"][0])
+    for r, q in zip(rows, MT):  # FastChat's model_answer rows (shared/data/mt_bench_reference_answer_gpt-4.jsonl)
+        assert list(r) == ["question_id", "answer_id", "model_id", "choices", "tstamp"]
+        assert list(r["choices"][0]) == ["index", "turns"] and isinstance(r["tstamp"], float)
         assert r["model_id"] == "tiny-random" and r["choices"][0]["index"] == 0
         t1, t2 = r["choices"][0]["turns"]
         assert isinstance(t1, str) and isinstance(t2, str) and t1
@@ -509,11 +509,14 @@ def test_export_mt_bench_second_turn_sees_the_first_answer(tmp_path, capsys, mon
         assert (qid, [t1], [{"role": "user", "content": q["turns"][0]}, {"role": "assistant", "content": t1},
                             {"role": "user", "content": q["turns"][1]}]) in calls
     assert len(calls) == 4
-    # turn 2 is what the model writes after turn 1's answer, in the same batch the export used
+    # turn 2 is what the model writes after its turn 1 answer (the same two batches on one engine)
     model, tok = load_model("tiny-random")
-    second = [[{"role": "user", "content": q["turns"][0]}, {"role": "assistant", "content": r["choices"][0]["turns"][0]},
-               {"role": "user", "content": q["turns"][1]}] for q, r in zip(MT, rows)]
-    assert greedy(model, tok, second, 8) == [r["choices"][0]["turns"][1] for r in rows]
+    engine, params = Engine(model, tok), SamplingParams(temperature=0, max_tokens=8)
+    first = [o.samples[0].text for o in engine.generate([[{"role": "user", "content": q["turns"][0]}] for q in MT],
+                                                        params)]
+    second = engine.generate([[{"role": "user", "content": q["turns"][0]}, {"role": "assistant", "content": a},
+                               {"role": "user", "content": q["turns"][1]}] for q, a in zip(MT, first)], params)
+    assert [[a, o.samples[0].text] for a, o in zip(first, second)] == [r["choices"][0]["turns"] for r in rows]
 
 
 def test_export_from_a_run_iteration(tmp_path, capsys, monkeypatch):
@@ -534,4 +537,5 @@ def test_export_from_a_run_iteration(tmp_path, capsys, monkeypatch):
     assert [g["generator"] for g in got] == ["myrun-iter1"] * 3
     assert [g["instruction"] for g in got] == [a["instruction"] for a in ALPACA[:3]]
     msgs = [[{"role": "user", "content": a["instruction"]}] for a in ALPACA[:3]]
-    assert [g["output"] for g in got] == greedy(model, tok, msgs, 8) != [b["output"] for b in base]
+    assert [g["output"] for g in got] == greedy(*load_model(str(run / "iter_1" / "checkpoint")), msgs, 8)
+    assert [g["output"] for g in got] != [b["output"] for b in base]
