@@ -15,7 +15,6 @@ class ModelRunner:
                  num_kv_blocks: int | None, kv_cache_memory: float, cuda_graphs: bool | str):
         self.model = model
         self.device = model.device
-        cfg = model.config
         self.block_size = block_size
         self.max_blocks_per_seq = -(-max_model_len // block_size)
         self._num_blocks = num_kv_blocks

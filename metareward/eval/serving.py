@@ -8,7 +8,7 @@ import torch
 
 from ..engine import Engine, SamplingParams
 from ..errors import warn
-from ..recipe.roles import read_next, strip_stop
+from ..recipe.roles import generate_fitting, read_next, strip_stop
 from ..recipe.templates import load_template
 from .formats import EvalPrompt, turn_messages
 from .templates import pairwise_prompt, parse_pairwise_verdict
@@ -57,33 +57,18 @@ def pairwise(engine: Engine, questions: list[str], a: list[str], b: list[str], m
     that do not write the verdict line)."""
     ids = [engine.encode([{"role": "user", "content": pairwise_prompt(q, x, y, template)}])
            for q, x, y in zip(questions, a, b)]
-    ok = _fits(engine, ids, max_tokens, desc, "\nWinner: " if mode == "expected" else "")
-    outs = engine.generate([ids[i] for i in ok], SamplingParams(temperature=0, max_tokens=max_tokens), desc=desc)
-    verdicts, texts = [None] * len(ids), [""] * len(ids)
-    for i, o in zip(ok, outs):
-        texts[i] = o.samples[0].text
+    params = [SamplingParams(temperature=0, max_tokens=max_tokens)] * len(ids)
+    outs = generate_fitting(engine, ids, params, "\nWinner: " if mode == "expected" else "", desc)
+    texts = [o.samples[0].text if o else "" for o in outs]
     if mode == "parse":
-        for i in ok:
-            verdicts[i] = parse_pairwise_verdict(texts[i])
-        return verdicts, texts
-    ctxs = [o.prompt_token_ids + strip_stop(engine, o.samples[0].token_ids) for o in outs]
-    lps = read_next(engine, ctxs, "\nWinner: ", ["A", "B"], f"{desc} verdicts")
-    for i, (la, lb) in zip(ok, lps):
-        verdicts[i] = None if la == lb else ("A" if la > lb else "B")
+        return [parse_pairwise_verdict(t) if o else None for o, t in zip(outs, texts)], texts
+    ctxs = [o.prompt_token_ids + strip_stop(engine, o.samples[0].token_ids) for o in outs if o]
+    lps = iter(read_next(engine, ctxs, "\nWinner: ", ["A", "B"], f"{desc} verdicts") if ctxs else [])
+    verdicts = []
+    for o in outs:
+        la, lb = next(lps) if o else (0.0, 0.0)
+        verdicts.append(None if la == lb else ("A" if la > lb else "B"))
     return verdicts, texts
-
-
-def _fits(engine: Engine, ids: list[list[int]], max_tokens: int, desc: str, suffix: str = "") -> list[int]:
-    """Indices of the judge prompts that leave room for the verdict; the others get no verdict (counted
-    by the caller as excluded), with a warning. Expected mode reads the next token after prompt + judge's
-    text + `suffix` (a newline and "Winner: ": 9 tokens byte-level), and the engine takes a prompt only
-    below its context."""
-    room = engine.max_model_len - 1 - max_tokens - len(engine.tokenizer.encode(suffix, add_special_tokens=False))
-    ok = [i for i, x in enumerate(ids) if len(x) <= room]
-    if len(ok) < len(ids):
-        warn(f"{desc}: {len(ids) - len(ok)} of {len(ids)} judge prompts exceed the judge's context "
-             f"({engine.max_model_len} tokens) and get no verdict")
-    return ok
 
 
 def pointwise(engine: Engine, questions: list[str], responses: list[str], mode: str, max_tokens: int,
@@ -93,15 +78,11 @@ def pointwise(engine: Engine, questions: list[str], responses: list[str], mode: 
     t = load_template("judge")
     ids = [engine.encode([{"role": "user", "content": t.render(question=q, response=r)}])
            for q, r in zip(questions, responses)]
-    ok = _fits(engine, ids, max_tokens, desc, "\n" + scoring.SCORE_PREFIX if mode == "expected" else "")
-    outs = engine.generate([ids[i] for i in ok], SamplingParams(temperature=0, max_tokens=max_tokens), desc=desc)
-    scores = [None] * len(ids)
+    params = [SamplingParams(temperature=0, max_tokens=max_tokens)] * len(ids)
+    suffix = "\n" + scoring.SCORE_PREFIX
+    outs = generate_fitting(engine, ids, params, suffix if mode == "expected" else "", desc)
     if mode == "parse":
-        for i, o in zip(ok, outs):
-            scores[i] = scoring.parse_score(o.samples[0].text)
-        return scores
-    ctxs = [o.prompt_token_ids + strip_stop(engine, o.samples[0].token_ids) for o in outs]
-    lps = read_next(engine, ctxs, "\n" + scoring.SCORE_PREFIX, scoring.SCORE_CANDIDATES, f"{desc} scores")
-    for i, lp in zip(ok, lps):
-        scores[i] = scoring.expected_value(lp)
-    return scores
+        return [scoring.parse_score(o.samples[0].text) if o else None for o in outs]
+    ctxs = [o.prompt_token_ids + strip_stop(engine, o.samples[0].token_ids) for o in outs if o]
+    lps = iter(read_next(engine, ctxs, suffix, scoring.SCORE_CANDIDATES, f"{desc} scores") if ctxs else [])
+    return [scoring.expected_value(next(lps)) if o else None for o in outs]

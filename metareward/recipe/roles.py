@@ -7,7 +7,7 @@ import hashlib
 from typing import Callable, Sequence
 
 from ..engine import Engine, SamplingParams
-from ..errors import UserError
+from ..errors import UserError, warn
 from ..trainer.distributed import Dist
 
 
@@ -67,6 +67,23 @@ def read_next(engine: Engine, contexts: list[list[int]], prefix: str, candidates
     """Log-probs of the candidates right after each context + prefix (expected mode)."""
     pre, ids = continuation(engine.tokenizer, prefix, candidates)
     return engine.next_token_logprobs([c + pre for c in contexts], ids, desc=desc)
+
+
+def generate_fitting(engine: Engine, ids: list[list[int]], params: list[SamplingParams], suffix: str,
+                     desc: str) -> list:
+    """engine.generate over the prompts that leave room for their whole answer (and, in expected mode, for
+    the `suffix` read after it); None for the others, with a warning: a judge prompt that outgrows the
+    context (a long question and response) costs its verdict, not the whole run."""
+    extra = len(engine.tokenizer.encode(suffix, add_special_tokens=False)) if suffix else 0
+    ok = [i for i, (x, p) in enumerate(zip(ids, params)) if len(x) + p.max_tokens + extra < engine.max_model_len]
+    if len(ok) < len(ids):
+        warn(f"{desc}: {len(ids) - len(ok)} of {len(ids)} prompts leave no room for the answer in the context "
+             f"({engine.max_model_len} tokens) and are skipped")
+    outs = engine.generate([ids[i] for i in ok], [params[i] for i in ok], desc=desc) if ok else []
+    full: list = [None] * len(ids)
+    for i, o in zip(ok, outs):
+        full[i] = o
+    return full
 
 
 def strip_stop(engine: Engine, token_ids: list[int]) -> list[int]:

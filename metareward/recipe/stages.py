@@ -13,7 +13,7 @@ from typing import Callable
 from ..io import read_jsonl, write_jsonl
 from ..trainer.distributed import Dist, gathered
 from . import elo, pairs, scoring
-from .roles import messages, question, read_next, sampling, seed_of, split, strip_stop
+from .roles import generate_fitting, messages, question, read_next, sampling, seed_of, split, strip_stop
 from .templates import load_template
 
 
@@ -84,17 +84,21 @@ def judge(ctx: Context) -> dict:
 
     def run(engine, tok):
         def gen(rs):
-            prompts = [messages(template.render(question=question(r["prompt"]), response=r["text"])) for r in rs]
+            ids = [engine.encode(messages(template.render(question=question(r["prompt"]), response=r["text"])))
+                   for r in rs]
             params = [sampling(c, c.n, ctx.seed("judge", r["prompt_id"], r["response_index"])) for r in rs]
-            outs = engine.generate(prompts, params, desc=f"iter {ctx.t} judge")
-            texts = [[s.text for s in o.samples] for o in outs]
-            if c.score_mode == "parse":
-                scores = [[scoring.parse_score(x) for x in row] for row in texts]
+            expected = c.score_mode == "expected"
+            outs = generate_fitting(engine, ids, params, "\n" + scoring.SCORE_PREFIX if expected else "",
+                                    f"iter {ctx.t} judge")
+            texts = [[s.text for s in o.samples] if o else [""] * c.n for o in outs]
+            if not expected:
+                scores = [[scoring.parse_score(x) if o else None for x in row] for o, row in zip(outs, texts)]
             else:
-                ctxs = [o.prompt_token_ids + strip_stop(engine, s.token_ids) for o in outs for s in o.samples]
+                ctxs = [o.prompt_token_ids + strip_stop(engine, s.token_ids) for o in outs if o for s in o.samples]
                 lps = iter(read_next(engine, ctxs, "\n" + scoring.SCORE_PREFIX, scoring.SCORE_CANDIDATES,
-                                     f"iter {ctx.t} judge scores"))
-                scores = [[scoring.expected_value(next(lps)) for _ in row] for row in texts]
+                                     f"iter {ctx.t} judge scores") if ctxs else [])
+                scores = [[scoring.expected_value(next(lps)) if o else None for _ in row]
+                          for o, row in zip(outs, texts)]
             return [[{"prompt_id": r["prompt_id"], "response_index": r["response_index"], "judgment_index": j,
                       "text": x, "score": s} for j, (x, s) in enumerate(zip(tx, sc))]
                     for r, tx, sc in zip(rs, texts, scores)]
@@ -165,19 +169,22 @@ def meta_judge(ctx: Context) -> dict:
 
     def run(engine, tok):
         def gen(ts):
-            prompts = [messages(template.render(question=question(r["prompt"]), response=r["text"],
-                                                judgment_a=a["text"], judgment_b=b["text"])) for r, a, b in ts]
+            ids = [engine.encode(messages(template.render(question=question(r["prompt"]), response=r["text"],
+                                                          judgment_a=a["text"], judgment_b=b["text"])))
+                   for r, a, b in ts]
             params = [sampling(c, 1, ctx.seed("meta_judge", r["prompt_id"], r["response_index"],
                                               a["judgment_index"], b["judgment_index"])) for r, a, b in ts]
-            outs = engine.generate(prompts, params, desc=f"iter {ctx.t} meta-judge")
-            texts = [o.samples[0].text for o in outs]
-            if c.winner_mode == "parse":
-                winners = [scoring.parse_winner(x) for x in texts]
+            expected = c.winner_mode == "expected"
+            outs = generate_fitting(engine, ids, params, "\n" + scoring.WINNER_PREFIX if expected else "",
+                                    f"iter {ctx.t} meta-judge")
+            texts = [o.samples[0].text if o else "" for o in outs]
+            if not expected:
+                winners = [scoring.parse_winner(x) if o else None for o, x in zip(outs, texts)]
             else:
-                ctxs = [o.prompt_token_ids + strip_stop(engine, o.samples[0].token_ids) for o in outs]
-                lps = read_next(engine, ctxs, "\n" + scoring.WINNER_PREFIX, scoring.WINNER_CANDIDATES,
-                                f"iter {ctx.t} meta-judge verdicts")
-                winners = [scoring.expected_winner(*lp) for lp in lps]
+                ctxs = [o.prompt_token_ids + strip_stop(engine, o.samples[0].token_ids) for o in outs if o]
+                lps = iter(read_next(engine, ctxs, "\n" + scoring.WINNER_PREFIX, scoring.WINNER_CANDIDATES,
+                                     f"iter {ctx.t} meta-judge verdicts") if ctxs else [])
+                winners = [scoring.expected_winner(*next(lps)) if o else None for o in outs]
             return [{"prompt_id": r["prompt_id"], "response_index": r["response_index"],
                      "first": a["judgment_index"], "second": b["judgment_index"], "winner": w, "text": x}
                     for (r, a, b), w, x in zip(ts, winners, texts)]

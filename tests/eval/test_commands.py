@@ -229,7 +229,7 @@ def test_winrate_alpaca_eval_reference_file_excludes_what_does_not_fit(tmp_path,
     out = tmp_path / "out"
     err = ok(capsys, "eval", "winrate", "--model", "tiny-random", "--baseline", file, "--judge", "tiny-random",
              "--prompts", file, "--output", out, *WIN)
-    assert "warning: judge (model first): 1 of 3 judge prompts exceed the judge's context" in err
+    assert "warning: judge (model first): 1 of 3 prompts leave no room for the answer in the context" in err
     rows = rows_of(out / "judgments.jsonl")
     assert [r["id"] for r in rows] == ["0", "1", "2"]
     assert [r["question"] for r in rows] == [x["instruction"] for x in src]
@@ -262,7 +262,7 @@ def test_winrate_arena_hard_baseline_file(tmp_path, capsys, shared_data):
     err = ok(capsys, "eval", "winrate", "--model", "tiny-random", "--baseline", base_file, "--judge", "tiny-random",
              "--prompts", qfile, "--output", out, *WIN)
     assert f"exceed the model's context (4096 tokens) and get an empty answer: {huge['question_id']}" in err
-    assert "2 of 4 judge prompts exceed the judge's context" in err
+    assert "2 of 4 prompts leave no room for the answer in the context" in err
     rows = rows_of(out / "judgments.jsonl")
     assert [r["id"] for r in rows] == [q["question_id"] for q in picked]
     assert [r["baseline_answer"] for r in rows] == [answers[q["question_id"]] for q in picked]
@@ -292,7 +292,7 @@ def test_judge_prompts_at_the_context_limit_get_a_verdict_or_are_excluded(capsys
         q = "q" * (L - 1 - mt - len("\nScore: ") - fixed + extra)
         s = serving.pointwise(engine, [q], ["x"], "expected", mt)
         assert (s[0] is not None) == fits
-    assert capsys.readouterr().err.count("exceed the judge's context (2048 tokens)") == 2
+    assert capsys.readouterr().err.count("leave no room for the answer in the context (2048 tokens)") == 2
 
 
 # ---- bad input ----

@@ -207,3 +207,17 @@ def test_resume_refuses_changed_settings(tmp_path, capsys):
     (out / "state.json").write_text('{"completed": [], "stages": {}}')
     assert main(["run", "--resume", "--output-dir", str(out), "actor.n=2"]) == 2
     assert "only --iterations may change (these differ: actor.n)" in capsys.readouterr().err
+
+
+def test_prompts_that_outgrow_the_context_cost_their_verdict_not_the_run(tmp_path):
+    # the meta-judge prompt (rubric + question + response + two judgments) does not fit 1600 tokens of
+    # tiny-random's byte-level context; the judge prompt does
+    out = tmp_path / "run"
+    r = run_cli(out, "iterations=1", "engine.max_model_len=1600")
+    assert r.returncode == 0, r.stderr[-3000:]
+    import re
+    m = re.search(r"meta-judge: (\d+) of (\d+) prompts leave no room for the answer", r.stderr)
+    assert m and m.group(1) == m.group(2), r.stderr[-2000:]
+    meta = rows(out / "iter_1" / "meta_judgments.jsonl")
+    assert meta and all(m["winner"] is None and m["text"] == "" for m in meta)
+    assert all(j["score"] is not None for j in rows(out / "iter_1" / "judgments.jsonl"))
