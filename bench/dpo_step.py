@@ -8,16 +8,18 @@ weights. naive: full [N, V] logits, float32 log_softmax, gather, and a second mo
 every step (what TRL-style trainers do). Both: sigmoid DPO loss, gradient clipping, AdamW (float32 master weights
 for bf16 models).
 
-Each provider runs in a fresh subprocess, so its peak memory is its own: on CPU "peak total" is the growth of
-the process's peak RSS from before the model was built (weights, reference, optimizer state, the steps), since
-RSS does not shrink when torch frees memory; on CUDA, the allocator's peak. "step peak" is the peak of one step
-beyond what was allocated before it (CUDA exact; on CPU the RSS growth, a lower bound).
+Each provider runs in a fresh subprocess, so that its memory is its own. "peak total": the peak, over the timed
+steps, of the memory held beyond what the process held before the model was built (weights, the reference copy,
+optimizer state, the step's activations): on CPU the peak RSS (RSS does not shrink when torch frees memory, so
+two providers in one process would measure wrong), on CUDA the allocator's peak. "step peak": the peak of one
+step beyond what was allocated before it (CUDA exact; on CPU the RSS growth, a lower bound).
 
 CPU: the 20M-parameter Llama of engine_throughput.py (vocab 32000), 4 pairs a step (256-token prompts and
-responses, +-25%). CUDA: Llama-3-8B-shaped in bf16 with 8 of its 32 layers (two copies, Adam state and naive
-logits fit), 8 pairs a step; MFU = 6 * params (input embedding excluded) * tokens / step time / the bf16 matmul
-rate measured in the same run; and the time from the end of an optimizer step to the first token generated from
-the updated weights by an Engine made before training (its KV cache released during training, re-allocated)."""
+responses, +-25%). CUDA: Llama-3-8B-shaped in bf16 with 8 of its 32 layers (so that two copies, the Adam state
+and the naive logits fit), 8 pairs a step. MFU = model FLOPs / step time / the bf16 matmul rate measured in the
+same run, model FLOPs = 6 * (layer params * tokens + lm-head params * response tokens). "first token": the time
+from the end of an optimizer step to the first token generated from the updated weights by an Engine made before
+training (its KV cache released during training and re-allocated, the stale prefix cache dropped)."""
 from __future__ import annotations
 
 import argparse
@@ -86,7 +88,6 @@ class Step:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.opt = make_optimizer(model, 1e-6, (0.9, 0.999), 0.0, True)
         self.losses: list[float] = []
-        self.tokens = [sum(pairs[i].num_tokens for i in g) for g in groups]
         t0 = time.perf_counter()
         if provider == "metareward":  # once, before the first update, from the same weights
             self.policy = policy_logps
@@ -143,9 +144,9 @@ def first_token_seconds(step: Step, engine: Engine, vocab: int, tries: int = 3) 
 def child(args) -> dict:
     device = torch.device(args.device)
     gpu = device.type == "cuda"
-    dtype = torch.bfloat16 if gpu else torch.float32
+    dtype = getattr(torch, args.dtype or ("bfloat16" if gpu else "float32"))
     cfg = ModelConfig.from_hf(hf_config(args.shape, args.layers).to_dict(), {"eos_token_id": 2})
-    per_step, groups = args.pairs, args.reps + 6
+    per_step, groups = args.pairs, args.reps + 5  # warm-up, timed, step peak, 3 first-token steps
     pairs = make_pairs(per_step * groups, args.prompt_len, args.response_len, cfg.vocab_size)
     steps = [list(range(i * per_step, (i + 1) * per_step)) for i in range(groups)]
     tok = load_tokenizer()[0]
@@ -170,13 +171,14 @@ def child(args) -> dict:
     step()
     step_peak = peak_memory(device) - before
     first = first_token_seconds(step, engine, cfg.vocab_size) if engine is not None else None
-    tokens = sum(step.tokens[1:1 + args.reps]) / args.reps  # the timed steps' groups
-    params = sum(p.numel() for p in model.parameters())
-    if not cfg.tie_word_embeddings:
-        params -= model.model.embed_tokens.weight.numel()
+    timed = steps[1:1 + args.reps]  # the groups the timed steps ran on
+    tokens = sum(pairs[i].num_tokens for g in timed for i in g) / args.reps
+    targets = sum(len(pairs[i].chosen) + len(pairs[i].rejected) for g in timed for i in g) / args.reps
+    head = cfg.vocab_size * cfg.hidden_size
+    body = cfg.num_params - head * (1 if cfg.tie_word_embeddings else 2)  # the layers and the final norm
     return {"provider": args.provider, **t, "tokens_per_step": tokens, "total_peak": total, "step_peak": step_peak,
             "reference_seconds": step.reference_seconds, "losses": step.losses, "first_token_s": first,
-            "matmul_flops": rate, "mfu_params": params, "num_params": cfg.num_params,
+            "matmul_flops": rate, "model_flops_per_step": 6 * (body * tokens + head * targets),
             "model": f"{args.shape}: {cfg.num_layers} layers, hidden {cfg.hidden_size}, heads {cfg.num_heads}/"
                      f"{cfg.num_kv_heads}, vocab {cfg.vocab_size}, {cfg.num_params / 1e6:.1f}M params, {dtype}"}
 
@@ -187,6 +189,7 @@ def main() -> int:
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     ap.add_argument("--shape", help="default: llama3-8b on cuda, small on cpu (see engine_throughput.py)")
     ap.add_argument("--layers", type=int, help="layers (default 8 of llama3-8b's 32 on cuda; the shape's on cpu)")
+    ap.add_argument("--dtype", choices=["bfloat16", "float32"], help="default: bfloat16 on cuda, float32 on cpu")
     ap.add_argument("--pairs", type=int, help="pairs per optimizer step (default 8 cuda, 4 cpu)")
     ap.add_argument("--prompt-len", type=int, default=256)
     ap.add_argument("--response-len", type=int, default=256)
@@ -209,6 +212,7 @@ def main() -> int:
                    "--shape", args.shape, "--pairs", str(args.pairs), "--prompt-len", str(args.prompt_len),
                    "--response-len", str(args.response_len), "--reps", str(args.reps)]
             cmd += ["--layers", str(args.layers)] if args.layers else []
+            cmd += ["--dtype", args.dtype] if args.dtype else []
             try:
                 r = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
             except subprocess.TimeoutExpired:
@@ -234,7 +238,7 @@ def summarize(args, results: dict) -> int:
         row = {"provider": p, "step median_ms": r["median_ms"], "p20_ms": r["p20_ms"], "p80_ms": r["p80_ms"],
                "tokens/step": int(r["tokens_per_step"]), "tokens/s": tok_s, "peak total": fmt_bytes(r["total_peak"]),
                "step peak": fmt_bytes(r["step_peak"]), "total_peak_bytes": r["total_peak"],
-               "MFU %": 100 * 6 * r["mfu_params"] * tok_s / r["matmul_flops"]}
+               "MFU %": 100 * r["model_flops_per_step"] / (r["median_ms"] / 1e3) / r["matmul_flops"]}
         if "median_ms" in naive:
             row["speedup"] = naive["median_ms"] / r["median_ms"]
             row["peak / naive"] = r["total_peak"] / naive["total_peak"]
@@ -245,13 +249,15 @@ def summarize(args, results: dict) -> int:
                       "(+-25%), random token ids; one micro-batch a step",
              "steps": f"1 warm-up + {args.reps} timed per provider, each in its own subprocess"}
     if "median_ms" in m:
-        extra["metareward reference log-probs (once, before training)"] = f"{m['reference_seconds']:.3f} s"
+        extra["metareward reference log-probs (once, before training)"] = (
+            f"{m['reference_seconds']:.3f} s for {args.reps + 5} steps' pairs")
         f = sorted(m["first_token_s"])
         extra["last optimizer step -> first generated token (s), median of 3"] = round(f[1], 4)
         extra["matmul rate (TFLOP/s, measured)"] = round(m["matmul_flops"] / 1e12, 2)
-        extra["MFU"] = ("6 * params (input embedding excluded) * tokens / step time / matmul rate; attention FLOPs "
-                        "not counted; the naive step does more work for the same count (a reference forward, "
-                        "lm-head on prompt positions)")
+        extra["MFU"] = ("model FLOPs / step time / matmul rate, model FLOPs = 6 * (layer params * tokens + lm-head "
+                        "params * response tokens): the work a step needs (logits are needed at response positions "
+                        "only; attention not counted). The naive step runs more (lm-head on every position, a "
+                        "reference forward) for the same count")
     if "median_ms" in m and "median_ms" in naive:
         diff = max(abs(a - b) for a, b in zip(m["losses"], naive["losses"]))
         extra["losses, metareward vs naive (same steps)"] = (f"first {m['losses'][0]:.6f} vs {naive['losses'][0]:.6f}"

@@ -1,23 +1,25 @@
 """Engine throughput against transformers' generate (batched, left-padded), side by side in one process on the
 same random-weight Llama, prompts and lengths: the generation phase only (after loading and a warm-up), median
-of several runs. vLLM joins as a peer when it is installed (GPU, its own subprocess, dummy weights).
+of several runs.
 
   python bench/engine_throughput.py [--device cuda|cpu] [--out results/engine_throughput.json]
+  python bench/engine_throughput.py --vllm [--out results/vllm.json]   # vLLM as a peer on the plain workload
 
 plain  greedy, ignore_eos. CPU: a 20M-parameter Llama (hidden 384, 6 layers, 6/2 heads, vocab 32000, tied),
        32 chat prompts, 128 new tokens, float32. GPU: Llama-3-8B shape in bf16, 256 prompts of 512 random
        tokens, 512 new tokens. The engine's greedy tokens are compared with transformers'.
 judge  the recipe's judge template (rubric + question + response) for 64 responses (16 questions x 4),
-       n=5 judgments each (temperature 0.8): prefill tokens computed against the naive count (all 320 requests
-       prefilling their whole prompt), and end to end against generate on the same 320 prompts.
+       n=5 judgments each (temperature 0.8; 32 tokens on CPU, 128 on GPU, ignore_eos): prefill tokens computed
+       against the naive count (all 320 requests prefilling their whole prompt), and end to end against generate
+       on the same 320 prompts (one batch on CPU, batches of 160 on GPU). Llama-2's tokenizer when
+       ../shared/data has it, else the byte-level one (longer prompts: the rubric alone is ~1500 tokens).
+--vllm runs vLLM alone (its own process: it takes the GPU memory for its cache) on the plain workload, with
+dummy weights of the same shape: a throughput peer, not a token-for-token comparison.
 Ceiling of a decode step: (weight bytes + KV bytes read) / copy bandwidth measured in the same run."""
 from __future__ import annotations
 
 import argparse
-import json
 import random
-import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +34,7 @@ from metareward.model import CausalLM, ModelConfig  # noqa: E402
 from metareward.model.tokenizer import chat_ids, tiny_tokenizer  # noqa: E402
 from metareward.recipe.templates import load_template  # noqa: E402
 
+T0 = time.perf_counter()
 LLAMA2_TOKENIZER = Path(__file__).resolve().parents[2] / "shared/data/tokenizers/llama2"
 LLAMA2_CHAT = ("{% for m in messages %}{% if m['role'] == 'user' %}{{ bos_token }}[INST] {{ m['content'] }} [/INST]"
                "{% else %} {{ m['content'] }} {{ eos_token }}{% endif %}{% endfor %}")
@@ -49,7 +52,8 @@ WORDS = ("the model answer question data time people water energy city history m
 def hf_config(shape: str, layers: int | None = None, max_len: int = 4096):
     from transformers import LlamaConfig
     over = {"num_hidden_layers": layers} if layers else {}
-    return LlamaConfig(**{**SHAPES[shape], **over}, max_position_embeddings=max_len, bos_token_id=1, eos_token_id=2)
+    return LlamaConfig(**{**SHAPES[shape], **over}, max_position_embeddings=max_len, bos_token_id=1, eos_token_id=2,
+                       architectures=["LlamaForCausalLM"])
 
 
 def build_models(cfg, device: torch.device, dtype: torch.dtype, seed: int = 0):
@@ -158,39 +162,8 @@ def floor_seconds(model, ctx_tokens: int, bandwidth: float) -> float:
     return (weights + kv) / bandwidth
 
 
-def vllm_peer(args, cfg, prompts: list[list[int]], max_new: int) -> dict:
-    """vLLM in its own process (its engine takes most of the GPU memory for its own cache), dummy weights of the
-    same shape: a throughput peer, not a token-for-token comparison."""
-    with tempfile.TemporaryDirectory() as d:
-        cfg.save_pretrained(d)
-        Path(d, "prompts.json").write_text(json.dumps(prompts))
-        code = f"""
-import json, sys, time
-from vllm import LLM, SamplingParams
-llm = LLM(model={d!r}, load_format="dummy", dtype="bfloat16", skip_tokenizer_init=True, seed=0,
-          max_model_len={cfg.max_position_embeddings}, gpu_memory_utilization=0.85)
-prompts = [{{"prompt_token_ids": p}} for p in json.load(open({str(Path(d, 'prompts.json'))!r}))]
-p = SamplingParams(temperature=0, max_tokens={max_new}, ignore_eos=True, detokenize=False)
-llm.generate(prompts[:8], SamplingParams(temperature=0, max_tokens=8, ignore_eos=True, detokenize=False))
-times = []
-for _ in range({args.reps}):
-    t0 = time.perf_counter(); out = llm.generate(prompts, p, use_tqdm=False); times.append(time.perf_counter() - t0)
-    assert all(len(o.outputs[0].token_ids) == {max_new} for o in out)
-print("VLLM_TIMES", json.dumps(times))
-"""
-        try:
-            r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=args.vllm_timeout)
-        except subprocess.TimeoutExpired:
-            return {"note": f"vLLM did not finish within {args.vllm_timeout} s"}
-    line = next((x for x in r.stdout.splitlines() if x.startswith("VLLM_TIMES")), None)
-    if line is None:
-        return {"note": "vLLM failed: " + (r.stderr.strip().splitlines() or ["?"])[-1][:160]}
-    return seconds(json.loads(line.split(" ", 1)[1]))
-
-
-def seconds(times: list[float]) -> dict:  # median and p20/p80 as harness.time_fn states them
-    q = statistics.quantiles(times, n=10) if len(times) > 1 else [times[0]] * 9
-    return {"median_s": statistics.median(times), "p20_s": q[1], "p80_s": q[7]}
+def note(msg: str) -> None:  # progress on stderr: a slow phase shows where it is
+    print(f"[{time.perf_counter() - T0:6.1f} s] {msg}", file=sys.stderr, flush=True)
 
 
 def in_seconds(t: dict) -> dict:
@@ -206,17 +179,22 @@ def time_engine(engine: Engine, steps: DecodeSteps, prompts, params, warm: Sampl
         engine.stats = type(engine.stats)()
         steps.reset()
         last["outs"] = engine.generate(prompts, params, use_tqdm=False)
+        note(f"engine run: {engine.stats.seconds:.2f} s")
     t = time_fn(run, engine.model.device, warmup=0, rep=reps)
     engine.release()  # give the KV cache's memory back before transformers runs
-    return {**in_seconds(t), "stats": engine.stats, "outs": last["outs"],
-            "step_times": steps.times, "ctx_tokens": steps.ctx_tokens}
+    return {**in_seconds(t), "stats": engine.stats, "outs": last["outs"], "step_times": steps.times,
+            "ctx_tokens": steps.ctx_tokens}
 
 
-def time_hf(hf, prompts, max_new: int, batch: int, sample: bool, pad: int, warm: int, reps: int) -> dict:
-    hf_generate(hf, prompts, warm, batch, sample, pad)
+def time_hf(hf, prompts, max_new: int, batch: int, sample: bool, pad: int, reps: int) -> dict:
+    hf_generate(hf, prompts[:8], 2, batch, sample, pad)  # warm-up
     last = {}
-    t = time_fn(lambda: last.update(outs=hf_generate(hf, prompts, max_new, batch, sample, pad)), hf.device,
-                warmup=0, rep=reps)
+
+    def run():
+        t0 = time.perf_counter()
+        last["outs"] = hf_generate(hf, prompts, max_new, batch, sample, pad)
+        note(f"transformers run: {time.perf_counter() - t0:.2f} s")
+    t = time_fn(run, hf.device, warmup=0, rep=reps)
     return {**in_seconds(t), "outs": last["outs"]}
 
 
@@ -229,12 +207,32 @@ def greedy_match(engine_outs, hf_outs) -> dict:
 
 
 def engine_row(workload: str, r: dict, model, bandwidth: float, new_tokens: int) -> dict:
-    n, steps = len(r["step_times"]), r["step_times"]
-    step_ms = 1e3 * sum(steps) / max(n, 1)
+    n = len(r["step_times"])
+    step_ms = 1e3 * sum(r["step_times"]) / max(n, 1)
     floor_ms = 1e3 * sum(floor_seconds(model, c, bandwidth) for c in r["ctx_tokens"]) / max(n, 1)
     return {"workload": workload, "provider": "engine", "median_s": r["median_s"], "p20_s": r["p20_s"],
             "p80_s": r["p80_s"], "out tok/s": new_tokens / r["median_s"], "prefill tokens": r["stats"].computed_tokens,
             "decode step ms": step_ms, "floor ms": floor_ms, "step / floor": step_ms / floor_ms if n else None}
+
+
+def hf_row(workload: str, r: dict, new_tokens: int, prefill: int) -> dict:
+    return {"workload": workload, "provider": "transformers", **{k: r[k] for k in ("median_s", "p20_s", "p80_s")},
+            "out tok/s": new_tokens / r["median_s"], "prefill tokens": prefill}
+
+
+def vllm_run(args, cfg, prompts: list[list[int]], new: int, device: torch.device) -> dict:
+    from vllm import LLM
+    from vllm import SamplingParams as VllmParams
+    with tempfile.TemporaryDirectory() as d:
+        cfg.save_pretrained(d)
+        llm = LLM(model=d, load_format="dummy", dtype="bfloat16", skip_tokenizer_init=True, seed=0,
+                  max_model_len=cfg.max_position_embeddings, gpu_memory_utilization=0.85)
+    reqs = [{"prompt_token_ids": p} for p in prompts]
+    llm.generate(reqs, VllmParams(temperature=0, max_tokens=4, ignore_eos=True, detokenize=False), use_tqdm=False)
+    params, last = VllmParams(temperature=0, max_tokens=new, ignore_eos=True, detokenize=False), {}
+    t = time_fn(lambda: last.update(outs=llm.generate(reqs, params, use_tqdm=False)), device, warmup=0, rep=args.reps)
+    assert all(len(o.outputs[0].token_ids) == new for o in last["outs"])
+    return {"workload": "plain", "provider": "vllm (dummy weights)", **in_seconds(t)}
 
 
 def main() -> int:
@@ -243,27 +241,26 @@ def main() -> int:
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     ap.add_argument("--shape", choices=list(SHAPES), help="default: llama3-8b on cuda, small on cpu")
     ap.add_argument("--layers", type=int, help="override the shape's layer count (smoke tests)")
-    ap.add_argument("--prompts", type=int, help="plain workload: prompts (default 256 cuda, 32 cpu)")
-    ap.add_argument("--prompt-len", type=int, help="plain: random prompts of this many tokens (default 512 cuda; "
-                                                  "cpu: chat prompts)")
+    ap.add_argument("--dtype", choices=["bfloat16", "float32"], help="default: bfloat16 on cuda, float32 on cpu")
+    ap.add_argument("--prompts", type=int, help="plain: prompts (default 256 cuda, 32 cpu)")
+    ap.add_argument("--prompt-len", type=int, help="plain: random prompts of this many tokens (default 512 cuda, "
+                                                  "0 cpu: chat prompts)")
     ap.add_argument("--new", type=int, help="plain: new tokens (default 512 cuda, 128 cpu)")
-    ap.add_argument("--judge-new", type=int, help="judge: tokens per judgment (default 256 cuda, 64 cpu)")
+    ap.add_argument("--judge-new", type=int, help="judge: tokens per judgment (default 128 cuda, 32 cpu)")
     ap.add_argument("--judge-questions", type=int, default=16, help="judge: questions (x4 responses, x5 judgments)")
-    ap.add_argument("--hf-batch", type=int, help="transformers' batch size on the judge workload (0: all; "
-                                                 "default 64 cuda, 0 cpu); the plain workload runs in one batch")
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--hf-reps", type=int, help="repetitions of transformers' runs (default 2 cuda, 3 cpu)")
-    ap.add_argument("--no-vllm", action="store_true", help="skip the vLLM peer even when it is installed")
-    ap.add_argument("--vllm-timeout", type=int, default=240)
+    ap.add_argument("--hf-batch", type=int, help="judge: transformers' batch (0: all 320; default 160 cuda, 0 cpu)")
+    ap.add_argument("--reps", type=int, default=3, help="timed runs of each provider, after a warm-up")
+    ap.add_argument("--hf-reps", type=int, help="timed runs of transformers (default 2 cuda, 3 cpu)")
+    ap.add_argument("--vllm", action="store_true", help="run vLLM alone on the plain workload")
     args = ap.parse_args()
     device = torch.device(args.device)
     gpu = device.type == "cuda"
     shape = args.shape or ("llama3-8b" if gpu else "small")
-    dtype = torch.bfloat16 if gpu else torch.float32
+    dtype = getattr(torch, args.dtype or ("bfloat16" if gpu else "float32"))
     n_prompts, new = args.prompts or (256 if gpu else 32), args.new or (512 if gpu else 128)
     prompt_len = args.prompt_len if args.prompt_len is not None else (512 if gpu else 0)
-    judge_new, hf_reps = args.judge_new or (256 if gpu else 64), args.hf_reps or (2 if gpu else 3)
-    hf_batch = args.hf_batch if args.hf_batch is not None else (64 if gpu else 0)
+    judge_new, hf_reps = args.judge_new or (128 if gpu else 32), args.hf_reps or (2 if gpu else 3)
+    hf_batch = args.hf_batch if args.hf_batch is not None else (160 if gpu else 0)
     from transformers.utils import logging as hf_logging
     hf_logging.set_verbosity_error()
 
@@ -276,64 +273,58 @@ def main() -> int:
         plain = torch.randint(3, cfg.vocab_size, (n_prompts, prompt_len), generator=g).tolist()
     else:
         plain = plain_prompts(tok, n_prompts, rng)
-    rows, extra = [], {}
-    vllm = None
-    if gpu and not args.no_vllm:
-        import importlib.util
-        if importlib.util.find_spec("vllm") is not None:  # first, while this process holds no GPU memory
-            vllm = vllm_peer(args, cfg, plain, new)
+    c = ModelConfig.from_hf(cfg.to_dict())
+    extra = {"model": f"{shape}: {c.num_layers} layers, hidden {c.hidden_size}, heads {c.num_heads}/{c.num_kv_heads}, "
+                      f"vocab {c.vocab_size}, {c.num_params / 1e6:.1f}M params, {dtype}, random init (std 0.02)",
+             "plain": f"{n_prompts} prompts ({'random ids' if prompt_len else 'chat, ' + tok_name}, "
+                      f"{min(map(len, plain))}-{max(map(len, plain))} tokens), {new} new tokens, greedy, ignore_eos"}
+    if args.vllm:
+        rows = [vllm_run(args, cfg, plain, new, device)]
+        rows[0]["out tok/s"] = n_prompts * new / rows[0]["median_s"]
+        report("engine throughput: vLLM peer", device, rows, ["workload", "provider", "median_s", "p20_s", "p80_s",
+                                                              "out tok/s"], args.out, extra)
+        return 0
     bandwidth = copy_bandwidth(device)
     hf, model = build_models(cfg, device, dtype)
     engine = Engine(model, tok, max_num_seqs=512, kv_cache_memory=0.45 if gpu else float(2**30))
     steps = DecodeSteps(engine)
     pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    note("models built")
 
-    # plain: greedy, fixed lengths
-    e = time_engine(engine, steps, plain, SamplingParams(temperature=0, max_tokens=new, ignore_eos=True),
-                    SamplingParams(temperature=0, max_tokens=4, ignore_eos=True), args.reps)
-    h = time_hf(hf, plain, new, 0, False, pad, 4, hf_reps)
-    rows.append(engine_row("plain", e, model, bandwidth, n_prompts * new))
-    rows.append({"workload": "plain", "provider": "transformers", **{k: h[k] for k in ("median_s", "p20_s", "p80_s")},
-                 "out tok/s": n_prompts * new / h["median_s"], "prefill tokens": sum(map(len, plain))})
-    if vllm is not None:
-        rows.append({"workload": "plain", "provider": "vllm (dummy weights)", **vllm,
-                     **({"out tok/s": n_prompts * new / vllm["median_s"]} if "median_s" in vllm else {})})
+    greedy = SamplingParams(temperature=0, max_tokens=new, ignore_eos=True)
+    e = time_engine(engine, steps, plain, greedy, SamplingParams(temperature=0, max_tokens=4, ignore_eos=True),
+                    args.reps)
+    h = time_hf(hf, plain, new, 0, False, pad, hf_reps)
+    rows = [engine_row("plain", e, model, bandwidth, n_prompts * new),
+            hf_row("plain", h, n_prompts * new, sum(map(len, plain)))]
     extra["greedy tokens, engine vs transformers"] = greedy_match(e["outs"], h["outs"])
 
-    # judge: n=5 samples of each judge prompt, the rubric shared by all, the whole prompt by a request's samples
+    # judge: n=5 samples of each prompt; the rubric is shared by all prompts, a whole prompt by its samples
     n = 5
     params = [SamplingParams(n=n, temperature=0.8, max_tokens=judge_new, ignore_eos=True, seed=i)
               for i in range(len(judge))]
-    e = time_engine(engine, steps, judge, params, SamplingParams(n=n, temperature=0.8, max_tokens=4, ignore_eos=True),
-                    args.reps)
+    warm = SamplingParams(n=n, temperature=0.8, max_tokens=4, ignore_eos=True)
+    e = time_engine(engine, steps, judge, params, warm, args.reps)
     repeated = [p for p in judge for _ in range(n)]
-    h = time_hf(hf, repeated, judge_new, hf_batch, True, pad, 4, hf_reps)
+    h = time_hf(hf, repeated, judge_new, hf_batch, True, pad, hf_reps)
     naive = n * sum(map(len, judge))
-    rows.append({**engine_row("judge", e, model, bandwidth, len(repeated) * judge_new),
-                 "fewer prefill x": naive / e["stats"].computed_tokens})
-    rows.append({"workload": "judge", "provider": "transformers", **{k: h[k] for k in ("median_s", "p20_s", "p80_s")},
-                 "out tok/s": len(repeated) * judge_new / h["median_s"], "prefill tokens": naive, "fewer prefill x": 1.0})
-    for w in ("plain", "judge"):
-        base = next(r["median_s"] for r in rows if r["workload"] == w and r["provider"] == "transformers")
-        for r in rows:
-            if r["workload"] == w and "median_s" in r:
-                r["speedup"] = base / r["median_s"]
+    rows += [{**engine_row("judge", e, model, bandwidth, len(repeated) * judge_new),
+              "fewer prefill x": naive / e["stats"].computed_tokens},
+             {**hf_row("judge", h, len(repeated) * judge_new, naive), "fewer prefill x": 1.0}]
+    for r in rows:
+        r["speedup"] = next(x["median_s"] for x in rows if x["workload"] == r["workload"]
+                            and x["provider"] == "transformers") / r["median_s"]
     lens = sorted(map(len, judge))
-    c = model.config
     extra.update({
-        "model": f"{shape}: {c.num_layers} layers, hidden {c.hidden_size}, heads {c.num_heads}/{c.num_kv_heads}, "
-                 f"vocab {c.vocab_size}, {c.num_params / 1e6:.1f}M params, {dtype}, random init (std 0.02)",
-        "tokenizer": tok_name,
-        "plain": f"{n_prompts} prompts ({'random ids' if prompt_len else 'chat'}, {min(map(len, plain))}-"
-                 f"{max(map(len, plain))} tokens), {new} new tokens, greedy, ignore_eos; transformers in one batch",
-        "judge": f"{len(judge)} prompts ({args.judge_questions} questions x 4 responses, {lens[0]}-{lens[-1]} tokens, "
-                 f"median {lens[len(lens) // 2]}) x n={n}, temperature 0.8, {judge_new} new tokens, ignore_eos; "
-                 f"transformers: the {len(repeated)} prompts in batches of {hf_batch or len(repeated)}",
+        "judge": f"{len(judge)} prompts ({args.judge_questions} questions x 4 responses, {tok_name}, {lens[0]}-"
+                 f"{lens[-1]} tokens, median {lens[len(lens) // 2]}) x n={n}, temperature 0.8, {judge_new} new "
+                 f"tokens, ignore_eos; transformers: the {len(repeated)} prompts in batches of "
+                 f"{hf_batch or len(repeated)}, sorted by length",
         "naive prefill tokens (judge)": naive,
         "engine prefix-cache hit rate (judge)": round(e["stats"].hit_rate, 4),
         "copy bandwidth (GB/s, read+write)": round(bandwidth / 1e9, 1),
-        "floor": "(weight bytes + KV bytes read) / copy bandwidth, per decode step; step = the engine's whole step",
-        "vllm": "absent" if vllm is None and gpu else ("n/a on CPU" if not gpu else "present"),
+        "floor": "(weight bytes + KV bytes read) / copy bandwidth, per decode step; the step is the engine's "
+                 "whole step (schedule, forward, sample, bookkeeping)",
     })
     report("engine throughput", device, rows, ["workload", "provider", "median_s", "p20_s", "p80_s", "out tok/s",
                                                "speedup", "prefill tokens", "fewer prefill x", "decode step ms",
