@@ -55,18 +55,49 @@ def _mix32_torch(x):  # lowbias32 (C. Wellons): a full-avalanche bijection on 32
     return x ^ (x >> 15)
 
 
-def gumbel_noise(seed: torch.Tensor, offset: torch.Tensor, V: int) -> torch.Tensor:
-    """[B, V] float32 Gumbel(0, 1) noise from hash(seed[b], offset[b], i), bit for bit what the kernel adds."""
+def _row_keys_torch(seed: torch.Tensor, offset: torch.Tensor):  # [B] -> two [B] u32 keys (as int64), as _row_keys
     seed, offset = seed.long(), offset.long()
     a = _mix32_torch((seed & _M32) ^ _SALT_A)
     for word in ((seed >> 32) & _M32, offset & _M32, (offset >> 32) & _M32):
         a = _mix32_torch(a ^ word)
-    b = _mix32_torch(a ^ _SALT_B)
-    h = _mix32_torch((torch.arange(V, device=seed.device) * (a | 1)[:, None] + b[:, None]) & _M32)
+    return a | 1, _mix32_torch(a ^ _SALT_B)
+
+
+def _noise_cols(a: torch.Tensor, b: torch.Tensor, v0: int, v1: int) -> torch.Tensor:
+    # [B, v1 - v0] float32 Gumbel noise of columns v0..v1-1 from the row keys
+    h = _mix32_torch((torch.arange(v0, v1, device=a.device) * a[:, None] + b[:, None]) & _M32)
     w = (h.float() + 0.5) * 2.0**-32  # uniform in (0, 1], 2^-32 resolution near 0
     # E = -log(1 - w) ~ Exp(1); the series keeps small E (the ones that win the argmax) at full relative precision
     e = torch.where(w < 2.0**-7, w * (1.0 + w * (0.5 + w * _THIRD)), -torch.log(1.0 - w))
     return -torch.log(e)
+
+
+def gumbel_noise(seed: torch.Tensor, offset: torch.Tensor, V: int) -> torch.Tensor:
+    """[B, V] float32 Gumbel(0, 1) noise from hash(seed[b], offset[b], i), bit for bit what the kernel adds."""
+    a, b = _row_keys_torch(seed, offset)
+    return _noise_cols(a, b, 0, V)
+
+
+def gumbel_argmax(z: torch.Tensor, tau: torch.Tensor | None, seed: torch.Tensor, offset: torch.Tensor,
+                  chunk: int = 4096) -> torch.Tensor:
+    """argmax over {i : z_i >= tau} of z_i + gumbel_noise[:, i] -> [B] int64, column chunk by column chunk:
+    the int64 hash makes a dozen temporaries of the chunk's size, which stay in cache instead of a dozen
+    fresh [B, V] buffers (each a page-faulting mapping at B=320, V=32000: 82 MB). Same tokens as the
+    full computation; ties go to the lower index, like argmax."""
+    a, b = _row_keys_torch(seed, offset)
+    B, V = z.shape
+    best = torch.full((B,), NEG, device=z.device)
+    arg = torch.zeros(B, dtype=torch.long, device=z.device)
+    for v0 in range(0, V, chunk):
+        v1 = min(V, v0 + chunk)
+        key = z[:, v0:v1] + _noise_cols(a, b, v0, v1)
+        if tau is not None:
+            key = torch.where(z[:, v0:v1] >= tau[:, None], key, NEG)
+        i = key.argmax(1)
+        m = key.gather(1, i[:, None])[:, 0]
+        better = m > best  # strictly: an earlier chunk's equal maximum keeps the lower index
+        best, arg = torch.where(better, m, best), torch.where(better, i + v0, arg)
+    return arg
 
 
 # ------------------------------------------------------------------------------------------------ torch reference
@@ -109,11 +140,10 @@ def sample_torch(logits, temperature, top_k, top_p, min_p, seed, offset):
     # sort when no row filters (both are exact shortcuts: the same tokens as the full computation).
     if bool(sampled.any()):
         z = x * torch.where(sampled, 1.0 / t, 1.0)[:, None]  # the kernel's z, bit for bit
-        key = z + gumbel_noise(s, o, V)
-        if bool((((k > 0) & (k < V)) | (p < 1) | (mp > 0)).any()):
-            key = torch.where(z >= _threshold(z, k, p, mp)[:, None], key, NEG)
-        tokens = torch.where(sampled, key.argmax(1), tokens)
-    return tokens, torch.log_softmax(x, 1).gather(1, tokens[:, None])[:, 0]
+        filtered = bool((((k > 0) & (k < V)) | (p < 1) | (mp > 0)).any())
+        tau = _threshold(z, k, p, mp) if filtered else None
+        tokens = torch.where(sampled, gumbel_argmax(z, tau, s, o), tokens)
+    return tokens, x.gather(1, tokens[:, None])[:, 0] - torch.logsumexp(x, 1)  # no [B, V] log_softmax buffer
 
 
 # ------------------------------------------------------------------------------------------------ Triton
@@ -477,4 +507,4 @@ def _prepare(logits, *values):
     return B, V, [_per_row(n, v, B, logits.device) for n, v in zip(names, values)]
 
 
-__all__ = ["sample", "sample_torch", "sample_triton", "processed_probs", "gumbel_noise"]
+__all__ = ["sample", "sample_torch", "sample_triton", "processed_probs", "gumbel_noise", "gumbel_argmax"]

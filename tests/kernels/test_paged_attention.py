@@ -170,3 +170,21 @@ def test_decode_rejects_bad_inputs(fn):
         fn(q.double(), kc, vc, tables, lens_t, 1.0)
     with pytest.raises(ValueError, match="block_tables"):
         fn(q, kc, vc, tables[:, 0], lens_t, 1.0)
+
+
+@pytest.mark.parametrize("share_all", [False, True])
+def test_torch_decode_in_row_chunks(monkeypatch, share_all):
+    # the CPU path gathers the rows' own blocks a few rows at a time; one row per chunk here, including rows
+    # whose context ends exactly where the shared blocks end (no tail of their own)
+    monkeypatch.setattr(pa, "_CHUNK_ELEMENTS", 1)
+    q, kc, vc, tables, lens_t, ks, vs = paged_case([30, 45, 31, 30, 7 if not share_all else 33], 8, 2, 16, 6,
+                                                   torch.float32, 5, seed=4, share_all=share_all)
+    out = pa.paged_attention_decode_torch(q, kc, vc, tables, lens_t, 0.25)
+    assert_close_to_truth(out, q, kc, vc, tables, lens_t, ks, vs, 0.25)
+
+
+def test_torch_decode_chunks_of_empty_rows(monkeypatch):
+    monkeypatch.setattr(pa, "_CHUNK_ELEMENTS", 1)  # one row per chunk: some chunks hold only an empty row
+    q, kc, vc, tables, lens_t, ks, vs = paged_case([0, 13, 0, 5], 4, 2, 16, 4, torch.float32, seed=5)
+    out = pa.paged_attention_decode_torch(q, kc, vc, tables, lens_t, 0.25)
+    assert_close_to_truth(out, q, kc, vc, tables, lens_t, ks, vs, 0.25)
