@@ -10,7 +10,6 @@ GPU case: N=16384 tokens, H=4096, V=128256 (Llama-3-8B lm_head), bf16; forward+b
 peak beyond inputs, outputs and gradients; its ratio is to the naive path's."""
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -22,7 +21,7 @@ CPU_CHECK = "--check" in sys.argv and (not torch.cuda.is_available() or "cpu" in
 if CPU_CHECK:
     os.environ["TRITON_INTERPRET"] = "1"
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench.harness import fmt_bytes, matmul_flops, peak_memory, report, time_fn  # noqa: E402
+from bench.harness import cli, fmt_bytes, matmul_flops, peak_memory, report, time_fn  # noqa: E402
 
 IGNORE = -100
 TOL = {torch.float32: 2e-6, torch.bfloat16: 4e-3, torch.float16: 5e-4}  # as in tests/kernels: fast <= naive + TOL
@@ -133,24 +132,5 @@ def bench(device: torch.device, out_path: str | None, reps: int) -> None:
                                                      "% matmul", "extra mem", "mem / naive"], out_path, extra)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])
-    ap.add_argument("--out", default=None, help="write the results as JSON here")
-    ap.add_argument("--reps", type=int, default=10)
-    ap.add_argument("--check", action="store_true", help="correctness of the Triton kernel; exit 1 on failure")
-    args = ap.parse_args()
-    device = torch.device(args.device)
-    if args.check:
-        if CPU_CHECK:
-            print("CPU: checking the Triton kernel under TRITON_INTERPRET=1 on small shapes")
-        os.environ["METAREWARD_KERNELS"] = "triton"
-        ok = check(device)
-        print("check passed" if ok else "check FAILED")
-        return 0 if ok else 1
-    bench(device, args.out, args.reps)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli(__doc__, bench, check, reps=10))

@@ -8,7 +8,6 @@ GPU case: batch 256, context 2048, Llama-3-8B heads (32 q, 8 kv, dim 128), bf16,
 tokens. Ceiling: one read of the KV cache, 2*B*T*Hkv*D*2 bytes = 2.15 GB, at the copy bandwidth."""
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -171,24 +170,10 @@ def bench(device: torch.device, out_path: str | None, reps: int) -> None:
            out_path, extra)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])
-    ap.add_argument("--out", default=None, help="write the results as JSON here")
-    ap.add_argument("--reps", type=int, default=20)
-    ap.add_argument("--check", action="store_true", help="correctness of the Triton kernels; exit 1 on failure")
-    args = ap.parse_args()
-    device = torch.device(args.device)
-    if device.type == "cpu" and args.check:  # the Triton kernels on CPU run in the interpreter
-        os.environ["TRITON_INTERPRET"] = "1"
-        print("CPU: checking the Triton kernels under TRITON_INTERPRET=1 on small contexts")
-    if args.check:
-        ok = check(device)
-        print("check passed" if ok else "check FAILED")
-        return 0 if ok else 1
-    bench(device, args.out, args.reps)
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    # @triton.jit reads TRITON_INTERPRET when triton is imported: set it before bench.harness imports metareward
+    if "--check" in sys.argv and (not torch.cuda.is_available() or "cpu" in " ".join(sys.argv)):
+        os.environ["TRITON_INTERPRET"] = "1"
+    from bench.harness import cli
+
+    sys.exit(cli(__doc__, bench, check, reps=20))

@@ -120,3 +120,28 @@ def report(title: str, device: torch.device, rows: list[dict], columns: list[str
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(json.dumps(result, indent=2))
     return result
+
+
+def cli(doc: str, bench: Callable, check: Callable, reps: int) -> int:
+    """The kernel benchmarks' command line: `--check` (the Triton kernel against its reference on this device,
+    exit 1 on failure) or the benchmark (`--out` JSON, `--reps`). On a CPU the check runs the Triton code under
+    TRITON_INTERPRET=1, which must be set before the kernel's module is imported (a script importing
+    metareward at its top sets it there itself)."""
+    import argparse
+    ap = argparse.ArgumentParser(description=doc.split("\n")[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])
+    ap.add_argument("--out", default=None, help="write the results as JSON here")
+    ap.add_argument("--reps", type=int, default=reps)
+    ap.add_argument("--check", action="store_true", help="correctness of the Triton kernel(s); exit 1 on failure")
+    args = ap.parse_args()
+    device = torch.device(args.device)
+    if not args.check:
+        bench(device, args.out, args.reps)
+        return 0
+    if device.type == "cpu":
+        os.environ["TRITON_INTERPRET"] = "1"
+        print("CPU: checking the Triton code under TRITON_INTERPRET=1 on small shapes")
+    os.environ["METAREWARD_KERNELS"] = "triton"
+    ok = check(device)
+    print("check passed" if ok else "check FAILED")
+    return 0 if ok else 1
