@@ -96,13 +96,9 @@ def check_cuda_graph(pa, device) -> bool:
     # 8 x 8 programs and a 1008-token table: the auto heuristic picks split-K, so the reduce is captured too
     kc, vc, tables, lens = paged_cache(8, [1000] * 8, 8, 128, 16, torch.bfloat16, device)
     q = torch.randn(8, 32, 128, device=device, dtype=torch.bfloat16)
+    from bench.harness import capture_graph
     run = lambda: pa.paged_attention_decode_triton(q, kc, vc, tables, lens, 0.1)  # noqa: E731
-    for _ in range(2):  # compile outside the capture
-        run()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = run()
+    graph, out = capture_graph(run)
     q.normal_()
     lens.copy_(torch.tensor([0, 1, 17, 100, 999, 1000, 64, 5], device=device))
     graph.replay()

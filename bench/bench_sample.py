@@ -98,13 +98,9 @@ def check(device: torch.device) -> bool:
 
 def check_cuda_graph(S, device) -> bool:
     x, params = make_case(64, 128256, "peaked", device)
+    from bench.harness import capture_graph
     run = lambda: S.sample_triton(x, *params)  # noqa: E731
-    for _ in range(2):  # compile outside the capture
-        run()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        out = run()
+    graph, out = capture_graph(run)
     x.normal_()
     params[5].add_(1)
     graph.replay()

@@ -145,3 +145,15 @@ def cli(doc: str, bench: Callable, check: Callable, reps: int) -> int:
     ok = check(device)
     print("check passed" if ok else "check FAILED")
     return 0 if ok else 1
+
+
+def capture_graph(fn: Callable[[], object]):
+    """(graph, output) of fn captured in a CUDA graph, after two eager calls (compilation and autotuning
+    happen outside the capture). The correctness checks replay it on new inputs."""
+    for _ in range(2):
+        fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = fn()
+    return graph, out
