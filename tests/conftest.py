@@ -17,3 +17,14 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"{SHARED_DATA} is absent")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    # tiny-random's matmuls ([<=2048, 256] x [256, 688]) lose from a second intra-op thread: the eval tests
+    # take 36 s with one thread, 45 s with two on an idle 2-core machine, 5 min with two when the other core is
+    # busy (the threads wait on each other). A module opts in with `pytestmark = usefixtures("one_thread")`.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -54,10 +54,6 @@ class Sequence:
     def num_output(self) -> int:
         return len(self.token_ids) - self.num_prompt_tokens
 
-    @property
-    def is_finished(self) -> bool:
-        return self.status is Status.FINISHED
-
     def append(self, token: int, logprob: float) -> None:
         self.token_ids.append(token)
         self.cumulative_logprob += logprob

@@ -89,15 +89,7 @@ def check_report(out: Path, rows: list[dict]) -> dict:
     return s
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny-random's matmuls ([<=2048, 256] x [256, 688]) lose from a second intra-op thread: this file and
-    # test_eval_stage.py take 36 s with one thread, 45 s with two on an idle 2-core machine, 5 min with two
-    # when the other core is busy (the threads wait on each other)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 import metareward.eval.serving as serving
 import metareward.recipe.evaluation as evaluation
@@ -28,15 +27,7 @@ SETTINGS = ["iterations=1", "prompts_per_iteration=2", "actor.n=2", "actor.max_t
 VALUE = {"model": 1.0, "baseline": 0.0, "tie": 0.5}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny-random's matmuls ([<=2048, 256] x [256, 688]) lose from a second intra-op thread: this file and
-    # tests/eval/test_commands.py take 36 s with one thread, 45 s with two on an idle 2-core machine, 5 min
-    # with two when the other core is busy (the threads wait on each other)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(autouse=True)
