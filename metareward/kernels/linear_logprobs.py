@@ -3,7 +3,7 @@ targets[i] == ignore_index), never materializing the [N, V] logits.
 
 Forward (as Cut Cross-Entropy does): a program keeps BLOCK_N x BLOCK_V logits tiles in registers (tl.dot over H
 in BLOCK_K steps) and runs an online log-sum-exp over one split of the vocabulary; torch merges the splits' lse.
-Only lse [N] is saved for the backward, and a no_grad call (DPO's reference log-probs) does nothing more.
+A second, small kernel takes each token's target logit as hidden[i] . W[targets[i]]. Only lse [N] is saved for the backward, and a no_grad call (DPO's reference log-probs) does nothing more.
 
 Why not Liger-style (gradients computed inside the forward, chunked over tokens): the policy's upstream
 grad_out[i] is a per-sequence coefficient that the DPO loss knows only after both forwards. grad_hidden could
@@ -81,20 +81,19 @@ def _logits_tile(h_ptr, w_ptr, rows, cols, N, V, H, stride_hn, stride_hk, stride
 
 
 @_jit
-def _forward_kernel(h_ptr, w_ptr, t_ptr, lse_ptr, tgt_ptr, N, V, H, split_v, num_splits,
-                    stride_hn, stride_hk, stride_wv, stride_wk,
+def _forward_kernel(h_ptr, w_ptr, lse_ptr, N, V, H, split_v, num_splits, stride_hn, stride_hk, stride_wv, stride_wk,
                     BLOCK_N: tl.constexpr, BLOCK_V: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_N: tl.constexpr,
                     PRECISION: tl.constexpr, UPCAST: tl.constexpr):
-    # One program: BLOCK_N rows x one split of split_v vocabulary columns; writes that split's lse and, if the
-    # target falls inside it, the target logit. Splits keep >= 8 programs per SM when N is small.
+    # One program: BLOCK_N rows x one split of split_v vocabulary columns; writes that split's lse. Splits keep
+    # >= 8 programs per SM when N is small. The target logit is not picked out of the tiles here: that select
+    # (a [BLOCK_N, BLOCK_V] compare + where + row sum per tile) took sm_90 from 159 to 255 registers and spilled;
+    # _target_logit_kernel computes it from one row of W per token instead (2*N*H FLOP, ~0.01% of the forward).
     pid_n, pid_s = _grouped(tl.program_id(0), tl.cdiv(N, BLOCK_N), num_splits, GROUP_N)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    t = tl.load(t_ptr + rows, mask=rows < N, other=-1)
     v_lo = pid_s * split_v
     v_hi = tl.minimum(v_lo + split_v, V)
     m = tl.full((BLOCK_N,), float("-inf"), tl.float32)
     s = tl.zeros((BLOCK_N,), tl.float32)
-    tgt = tl.zeros((BLOCK_N,), tl.float32)
     for v0 in range(v_lo, v_hi, BLOCK_V):
         cols = v0 + tl.arange(0, BLOCK_V)
         logits = _logits_tile(h_ptr, w_ptr, rows, cols, N, v_hi, H, stride_hn, stride_hk, stride_wv, stride_wk,
@@ -103,9 +102,27 @@ def _forward_kernel(h_ptr, w_ptr, t_ptr, lse_ptr, tgt_ptr, N, V, H, split_v, num
         m_new = tl.maximum(m, tl.max(logits, 1))
         s = s * tl.exp(m - m_new) + tl.sum(tl.exp(logits - m_new[:, None]), 1)
         m = m_new
-        tgt += tl.sum(tl.where(cols[None, :] == t[:, None], logits, 0.0), 1)
     tl.store(lse_ptr + pid_s * N + rows, m + tl.log(s), mask=rows < N)
-    tl.store(tgt_ptr + rows, tgt, mask=(rows < N) & (t >= v_lo) & (t < v_hi))
+
+
+@_jit
+def _target_logit_kernel(h_ptr, w_ptr, t_ptr, out_ptr, N, V, H, stride_hn, stride_hk, stride_wv, stride_wk,
+                         BLOCK_R: tl.constexpr, BLOCK_H: tl.constexpr):
+    # out[i] = hidden[i] . weight[targets[i]] with fp32 products and sums (0 where the target is ignored)
+    rows = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    t = tl.load(t_ptr + rows, mask=rows < N, other=-1)
+    ok = (rows < N) & (t >= 0) & (t < V)
+    ks = tl.arange(0, BLOCK_H)
+    h_ptrs = h_ptr + rows[:, None].to(tl.int64) * stride_hn + ks[None, :] * stride_hk  # [BLOCK_R, BLOCK_H]
+    w_ptrs = w_ptr + tl.where(ok, t, 0)[:, None].to(tl.int64) * stride_wv + ks[None, :] * stride_wk
+    acc = tl.zeros((BLOCK_R, BLOCK_H), tl.float32)  # per-lane partial sums: one reduction at the end
+    for k0 in range(0, H, BLOCK_H):
+        mask = ok[:, None] & (ks[None, :] < H - k0)
+        a = tl.load(h_ptrs, mask=mask, other=0.0).to(tl.float32)
+        acc += a * tl.load(w_ptrs, mask=mask, other=0.0).to(tl.float32)
+        h_ptrs += BLOCK_H * stride_hk
+        w_ptrs += BLOCK_H * stride_wk
+    tl.store(out_ptr + rows, tl.sum(acc, 1), mask=rows < N)
 
 
 @_jit
@@ -154,17 +171,29 @@ def _matmul_kernel(a_ptr, b_ptr, c_ptr, M, N, K, stride_am, stride_ak, stride_bk
     tl.store(c_ptrs, _cast(acc, c_ptr.dtype.element_ty, UPCAST), mask=mask)
 
 
-def _config(dtype: torch.dtype) -> dict:
+def _config(dtype: torch.dtype, forward: bool = False) -> dict:
     if interpreting():  # numpy runs every tl op, and its tl.dot multiplies bf16 bit patterns as uint16: upcast
         return dict(BLOCK_N=64, BLOCK_V=64, BLOCK_K=32, GROUP_N=2, UPCAST=True, num_warps=4, num_stages=1)
     # 128x128 fp32 accumulator = 64 registers/thread over 8 warps, leaving room for the lse epilogue (forward)
     # and the fp32 C tile (grad_hidden accumulation); BLOCK_K=64 bf16 = 3 stages x 32 KiB of shared memory.
-    return dict(BLOCK_N=128, BLOCK_V=128, BLOCK_K=32 if dtype == torch.float32 else 64, GROUP_N=8,
+    # sm_90 (bench/compile_report.py): bf16 forward 159 registers, no spill. fp32 ("ieee": FMA, no tensor cores)
+    # holds both operand tiles in registers too: 128 rows reach 255 registers and spill 40 B, 64 rows take 196.
+    rows = 64 if forward and dtype == torch.float32 else 128
+    return dict(BLOCK_N=rows, BLOCK_V=128, BLOCK_K=32 if dtype == torch.float32 else 64, GROUP_N=8,
                 UPCAST=False, num_warps=8, num_stages=3)
 
 
+def _tf32() -> bool:
+    # torch >= 2.9 spells the switch fp32_precision ("tf32", "ieee", or "none": inherit, i.e. ieee by default)
+    # and raises on a read of the legacy allow_tf32 once the new API has set anything; fp32_precision itself
+    # reads right whichever API set it (torch.set_float32_matmul_precision("high") too). Older torch: allow_tf32.
+    matmul = torch.backends.cuda.matmul
+    precision = getattr(matmul, "fp32_precision", None)
+    return matmul.allow_tf32 if precision is None else precision == "tf32"
+
+
 def _precision(dtype: torch.dtype) -> str:  # fp32 matmuls follow torch's TF32 switch, as the naive path does
-    return "ieee" if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32 else "tf32"
+    return "ieee" if dtype == torch.float32 and not _tf32() else "tf32"
 
 
 def _num_sms(device: torch.device) -> int:
@@ -173,17 +202,19 @@ def _num_sms(device: torch.device) -> int:
 
 def _triton_forward(hidden, weight, targets, ignore_index):
     (N, H), V = hidden.shape, weight.shape[0]
-    cfg = _config(hidden.dtype)
+    cfg = _config(hidden.dtype, forward=True)
     bn, bv = cfg["BLOCK_N"], cfg["BLOCK_V"]
     num_n = triton.cdiv(N, bn)
     num_splits = min(triton.cdiv(V, bv), triton.cdiv(8 * _num_sms(hidden.device), num_n))
     split_v = triton.cdiv(triton.cdiv(V, num_splits), bv) * bv
     num_splits = triton.cdiv(V, split_v)
     lse_parts = torch.empty(num_splits, N, device=hidden.device, dtype=torch.float32)  # [S, N]
-    tgt = torch.zeros(N, device=hidden.device, dtype=torch.float32)
+    tgt = torch.empty(N, device=hidden.device, dtype=torch.float32)
     _forward_kernel[(num_n * num_splits,)](
-        hidden, weight, targets, lse_parts, tgt, N, V, H, split_v, num_splits, *hidden.stride(),
-        *weight.stride(), PRECISION=_precision(hidden.dtype), **cfg)
+        hidden, weight, lse_parts, N, V, H, split_v, num_splits, *hidden.stride(), *weight.stride(),
+        PRECISION=_precision(hidden.dtype), **cfg)
+    _target_logit_kernel[(triton.cdiv(N, 16),)](hidden, weight, targets, tgt, N, V, H, *hidden.stride(),
+                                                 *weight.stride(), BLOCK_R=16, BLOCK_H=128, num_warps=4)
     lse = torch.logsumexp(lse_parts, 0)  # [N]
     return torch.where(targets != ignore_index, tgt - lse, 0.0), lse
 

@@ -180,3 +180,21 @@ def test_empty_batch(kernel_mode):
     out = ll.linear_logprobs(h, torch.randn(11, 8, device=DEV), torch.zeros(0, dtype=torch.long, device=DEV))
     out.sum().backward()
     assert out.shape == (0,) and h.grad.shape == (0, 8)
+
+
+@pytest.mark.parametrize("setting,expected", [
+    ("", "ieee"),  # torch's default: full fp32
+    ("torch.backends.cuda.matmul.fp32_precision = 'tf32'", "tf32"),  # the current API
+    ("torch.backends.fp32_precision = 'tf32'", "tf32"),  # its parent switch
+    ("torch.backends.cuda.matmul.fp32_precision = 'ieee'", "ieee"),
+    ("torch.set_float32_matmul_precision('high')", "tf32"),  # the older APIs
+    ("torch.backends.cuda.matmul.allow_tf32 = True", "tf32"),
+])
+def test_fp32_matmul_precision_follows_torch(setting, expected):
+    # a fresh process per setting: once the new API is used, reading allow_tf32 raises in the whole process
+    import subprocess
+    import sys
+    code = (f"import torch\n{setting}\nfrom metareward.kernels.linear_logprobs import _precision\n"
+            "print(_precision(torch.float32), _precision(torch.bfloat16))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [expected, "tf32"]
