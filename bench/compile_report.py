@@ -256,6 +256,13 @@ def _ptxas_stats(kernel, capability: int) -> dict:
             "stack_bytes": int(re.search(r"(\d+) bytes stack frame", log).group(1))}
 
 
+def pipeline_buffers(ttgir: str) -> int:
+    # Triton's pipeliner allocates each software-pipelined load's shared memory as [buffers, *tile] up front
+    # (`ttg.local_alloc : () -> !ttg.memdesc<2x64x128xbf16, ..., mutable>`): the largest count, 0 when none
+    counts = re.findall(r"ttg\.local_alloc\s*:\s*\(\)\s*->\s*!ttg\.memdesc<(\d+)x[^>]*mutable>", ttgir)
+    return max(map(int, counts), default=0)
+
+
 def ctas_per_sm(target: Target, registers: int, num_warps: int, shared: int) -> int:
     # the occupancy calculator's three limits: registers (allocated per warp in units of 256), warps, shared memory
     per_warp = -(-registers * 32 // 256) * 256
@@ -330,6 +337,7 @@ def run_config(index: int) -> list[dict]:
             else:
                 md = kernel.metadata
                 row.update(stats, compiled=err is None and error is None, shared_bytes=md.shared,
+                           buffers=pipeline_buffers(kernel.asm["ttgir"]),
                            num_warps=md.num_warps, num_stages=md.num_stages,
                            ctas_per_sm=ctas_per_sm(target, stats["registers"], md.num_warps, md.shared))
                 if md.shared > target.smem_per_block:
@@ -371,13 +379,13 @@ def _describe(config: dict) -> str:
 
 
 def print_table(rows: list[dict], target_name: str) -> None:
-    print("| kernel | config | dtype | compiled | regs | spill B | smem B | warps | stages | CTAs/SM |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| kernel | config | dtype | compiled | regs | spill B | smem B | warps | stages | buffers | CTAs/SM |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         status = "yes" if r["compiled"] else "ERROR: " + str(r["error"]).replace("|", "/").splitlines()[0][:160]
         cells = [r["kernel"], _describe(r["config"]), r["dtype"] or "", status, r.get("registers"),
                  r.get("spill_bytes"), r.get("shared_bytes"), r.get("num_warps"), r.get("num_stages"),
-                 r.get("ctas_per_sm")]
+                 r.get("buffers"), r.get("ctas_per_sm")]
         print("| " + " | ".join("" if c is None else str(c) for c in cells) + " |")
 
 
@@ -402,7 +410,7 @@ def main() -> int:
         keys = ("kernel", "config", "dtype", "compiled", "error", "registers", "spill_bytes", "shared_bytes",
                 "num_warps", "num_stages", "ctas_per_sm")
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps([{k: r.get(k) for k in keys} | {"stack_bytes": r.get("stack_bytes")}
+        Path(args.json).write_text(json.dumps([{k: r.get(k) for k in keys + ("stack_bytes", "buffers")}
                                                for r in rows], indent=1))
     bad = [r for r in rows if not r["compiled"]]
     for r in bad:

@@ -66,10 +66,16 @@ if HAS_TRITON:
         m = tl.full([BLOCK_G], float("-inf"), tl.float32)  # running max (log2 units)
         l = tl.zeros([BLOCK_G], tl.float32)  # running sum of exp2(s - m)
         acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
+        bt_row = bt_ptr + b * s_bt
+        nxt = tl.load(bt_row + (start + n) // PAGE, mask=start + n < end, other=0)
         for t0 in range(start, end, BLOCK_N):
             tok = t0 + n
             valid = tok < end
-            blk = tl.load(bt_ptr + b * s_bt + tok // PAGE, mask=valid, other=0).to(tl.int64)
+            # the next tile's block ids, one iteration ahead: K/V addresses then depend only on values carried
+            # into the iteration, so Triton's pipeliner double-buffers K and V (with the ids loaded in the same
+            # iteration it kept one buffer each: num_stages had no effect)
+            blk = nxt.to(tl.int64)
+            nxt = tl.load(bt_row + (tok + BLOCK_N) // PAGE, mask=tok + BLOCK_N < end, other=0)
             row = blk * s_cb + (tok % PAGE) * s_cs + kvh * s_ch  # [N] element offset of each token's row
             kv_mask = valid[:, None] & (d < D)[None, :]  # masked rows read nothing: stale or NaN slots never leak
             k = tl.load(kc_ptr + row[:, None] + d[None, :], mask=kv_mask, other=0.0)  # [N, D]
@@ -311,10 +317,13 @@ def num_splits_for(programs: int, max_tokens: int, num_sms: int) -> int:
 
 
 def _decode_config(d: int, dtype: torch.dtype) -> tuple[int, int]:
-    # tokens per iteration: 64 rows x 128 dims x 2 bytes = 16 KiB of K and 16 KiB of V per step, so three
-    # pipeline stages fit twice per SM in 228 KiB of shared memory; halve it for wide rows (fp32, D=256).
-    row_bytes = triton.next_power_of_2(d) * dtype.itemsize
-    return (64 if row_bytes <= 256 else 32), 4
+    # (tokens per iteration, warps). K and V tiles of at most 16 KiB each (64 tokens x 128 dims x 2 bytes), held
+    # in two pipeline buffers: ~70 KiB of shared memory, 3 programs per SM on sm_90 (bench/compile_report.py).
+    # fp32 runs tl.dot as "ieee" (CUDA-core FMA, operand tiles in registers): at 4 warps, 32 tokens of head
+    # dim 128 take 255 registers and spill 640 B; 8 warps hold them in 64.
+    width = triton.next_power_of_2(d)
+    block_n = max(16, min(64, 16384 // (width * dtype.itemsize)))
+    return block_n, (8 if dtype == torch.float32 and block_n * width >= 4096 else 4)
 
 
 def paged_attention_decode_triton(q, k_cache, v_cache, block_tables, context_lens, scale, num_splits=None):
