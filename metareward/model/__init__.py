@@ -29,9 +29,13 @@ def resolve_device(device=None) -> torch.device:
 
 
 def load_model(path, dtype=None, device=None, chat_template=None, max_model_len: int | None = None):
-    """Load a local HF model directory (or `tiny-random`) -> (model, tokenizer). Never reaches the network."""
+    """Load a local HF model directory, a .gguf file or `tiny-random` -> (model, tokenizer). Never reaches the
+    network."""
     device = resolve_device(device)
     dtype = parse_dtype(dtype) or default_dtype(device)
+    if str(path).endswith(".gguf"):  # imported once into a cache keyed by the file's hash (model/gguf.py)
+        from .gguf import cached_import
+        path = cached_import(path, dtype=dtype)
     if str(path) == TINY:
         model, tok = tiny_random(dtype, device)
     else:
