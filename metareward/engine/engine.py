@@ -1,6 +1,7 @@
 """The generation engine: prompts in, samples out. step() reads as schedule -> run -> postprocess."""
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from dataclasses import dataclass, field
@@ -13,8 +14,9 @@ from ..model.tokenizer import chat_ids
 from .block_manager import BlockManager
 from .model_runner import ModelRunner
 from .params import SamplingParams
-from .scheduler import Scheduler
+from .scheduler import Batch, Scheduler
 from .sequence import Sequence, sample_seed
+from .threads import ThreadCount
 
 
 @dataclass
@@ -61,7 +63,8 @@ class Stats:
 class Engine:
     def __init__(self, model, tokenizer, *, max_model_len: int | None = None, block_size: int = 16,
                  max_num_seqs: int = 256, max_num_batched_tokens: int | None = None, num_kv_blocks: int | None = None,
-                 kv_cache_memory: float | None = None, cuda_graphs: bool | None = None, seed: int = 0):
+                 kv_cache_memory: float | None = None, cuda_graphs: bool | None = None, seed: int = 0,
+                 num_threads: int | None = None):
         self.model, self.tokenizer = model, tokenizer
         cfg = model.config
         self.max_model_len = min(max_model_len or cfg.max_position_embeddings, cfg.max_position_embeddings)
@@ -73,18 +76,21 @@ class Engine:
             kv_cache_memory = 0.85 if cuda else float(2**30)
         if block_size < 1 or max_num_seqs < 1 or max_num_batched_tokens < 1:
             raise UserError("block_size, max_num_seqs and max_num_batched_tokens must be >= 1")
+        if num_threads is not None and num_threads < 1:
+            raise UserError(f"num_threads must be >= 1 (or None: one per free core), got {num_threads}")
         self.runner = ModelRunner(model, block_size, self.max_model_len, max_num_seqs, num_kv_blocks,
                                   kv_cache_memory, cuda if cuda_graphs is None else cuda_graphs)
         self.blocks: BlockManager | None = None
+        self.scheduler: Scheduler | None = None
         self.max_num_seqs, self.max_num_batched_tokens = max_num_seqs, max_num_batched_tokens
+        # CPU: intra-op threads = free cores (None) or a fixed count; CUDA: the host threads are not the limit
+        self.threads = None if cuda else ThreadCount(num_threads)
         eos = set(cfg.eos_token_ids)
         if tokenizer is not None and tokenizer.eos_token_id is not None:
             eos.add(tokenizer.eos_token_id)
         self.eos_ids = frozenset(eos)
         self.rng = random.Random(seed)
         self.stats = Stats()
-        self.weights_version = model.weights_version
-        self.capture: torch.Tensor | None = None
         self._next_id = 0
 
     # -- memory ----------------------------------------------------------------------------------------
@@ -93,12 +99,13 @@ class Engine:
         if self.runner.kv is None:
             self.runner.allocate()
             self.blocks = BlockManager(self.runner.num_blocks(), self.runner.block_size)
+            self.scheduler = Scheduler(self.blocks, self.max_num_seqs, self.max_num_batched_tokens)
 
     def release(self) -> None:
-        """Free the KV cache, e.g. for training. The prefix cache goes with it: after the weights change,
-        cached KV would be stale."""
+        """Free the KV cache (and the graphs that point into it), e.g. for training. Cached prefixes go with
+        the memory; whether the weights changed is for ModelRunner.sync_weights to notice, not this."""
         self.runner.release()
-        self.blocks = None
+        self.blocks = self.scheduler = None
 
     # -- prompts ---------------------------------------------------------------------------------------
     def encode(self, prompt) -> list[int]:
@@ -144,86 +151,97 @@ class Engine:
 
     def _run(self, prompts, params, capture, use_tqdm, desc):
         self.wake()
-        if self.weights_version != self.model.weights_version:  # trained since the last call: KV is stale
+        if self.runner.sync_weights():  # trained or re-gathered since the last call: cached KV is stale
             self.blocks.reset_cache()
-            self.weights_version = self.model.weights_version
         ids = [self.encode(p) for p in prompts]
         for i, (x, p) in enumerate(zip(ids, params)):
             self._check(x, p, i)
-        self.scheduler = Scheduler(self.blocks, self.max_num_seqs, self.max_num_batched_tokens)
-        self.capture = capture
         done: list[list[Sequence]] = [[] for _ in prompts]
         for i, (x, p) in enumerate(zip(ids, params)):
-            self.scheduler.add(self._new_seq(i, 0, x, p))
+            self.scheduler.add(self._new_seq(i, 0, x, p, capture))
         bar = tqdm(total=len(prompts), desc=desc, unit="req", disable=not use_tqdm, dynamic_ncols=True)
-        t0, out0 = time.perf_counter(), self.stats.output_tokens
-        while self.scheduler.has_work():
-            for seq in self.step():
-                done[seq.request].append(seq)
-                if len(done[seq.request]) == params[seq.request].n:
-                    bar.update(1)
-            if use_tqdm:
-                tok_s = (self.stats.output_tokens - out0) / max(time.perf_counter() - t0, 1e-9)
-                bar.set_postfix_str(f"{tok_s:.0f} tok/s out, prefix cache {self.stats.hit_rate:.0%}", refresh=False)
+        t0, out0, pre0 = time.perf_counter(), self.stats.output_tokens, self.scheduler.num_preemptions
+        with self.threads or contextlib.nullcontext():
+            while self.scheduler.has_work():
+                for seq in self.step():
+                    done[seq.request].append(seq)
+                    if len(done[seq.request]) == params[seq.request].n:
+                        bar.update(1)
+                if self.threads:
+                    self.threads.update()
+                if use_tqdm:
+                    tok_s = (self.stats.output_tokens - out0) / max(time.perf_counter() - t0, 1e-9)
+                    bar.set_postfix_str(f"{tok_s:.0f} tok/s out, prefix cache {self.stats.hit_rate:.0%}",
+                                        refresh=False)
         bar.close()
         self.stats.seconds += time.perf_counter() - t0
-        self.stats.preemptions += self.scheduler.num_preemptions
+        self.stats.preemptions += self.scheduler.num_preemptions - pre0
         return ids, done
 
-    def _new_seq(self, request: int, sample: int, ids: list[int], p: SamplingParams) -> Sequence:
-        base = p.seed if p.seed is not None else self.rng.getrandbits(63)
+    def _new_seq(self, request: int, sample: int, ids: list[int], p: SamplingParams, capture=None) -> Sequence:
         self._next_id += 1
-        return Sequence(self._next_id, request, sample, ids, p, sample_seed(base, sample) if p.seed is not None
-                        else base)
+        return Sequence(self._next_id, request, sample, ids, p, self._seed(p, sample), capture)
 
+    def _seed(self, p: SamplingParams, sample: int) -> int:
+        return sample_seed(p.seed, sample) if p.seed is not None else self.rng.getrandbits(63)
+
+    # -- one step: schedule -> run -> postprocess --------------------------------------------------------
     def step(self) -> list[Sequence]:
-        batch, is_prefill = self.scheduler.schedule()
-        if not batch:
+        """Advance every scheduled sequence by one step; -> the sequences that finished in it."""
+        batch = self.scheduler.schedule()
+        if not batch.seqs:
             raise RuntimeError("the scheduler found nothing to run")  # _check makes this unreachable
-        self.stats.steps["prefill" if is_prefill else "decode"] += 1
-        if is_prefill:
-            logits = self.runner.prefill(batch)
-            self.stats.computed_tokens += sum(n for _, n in batch)
-        else:
-            logits = self.runner.decode([s for s, _ in batch])
-        rows, seqs = [], []
-        for i, (seq, n) in enumerate(batch):
+        logits = self.runner.run(batch)
+        return self._postprocess(batch, logits)
+
+    def _postprocess(self, batch: Batch, logits: torch.Tensor) -> list[Sequence]:
+        self.stats.steps["prefill" if batch.prefill else "decode"] += 1
+        if batch.prefill:
+            self.stats.computed_tokens += sum(batch.num_tokens)
+        rows, seqs, row = [], [], -1  # logits row -> the sequence that takes its next token from it
+        for seq, n in zip(batch.seqs, batch.num_tokens):
             seq.num_computed += n
             if seq.num_computed < len(seq):
                 continue  # a chunk of a longer prompt: no token yet
-            rows.append(i)
+            row += 1
+            rows.append(row)
             seqs.append(seq)
-            if is_prefill and not seq.prefilled_once:
+            if not seq.prefilled_once:
+                self.stats.prompt_tokens += seq.num_prompt_tokens
+                self.stats.cached_tokens += seq.num_cached
+                if seq.forks:  # the other samples share this prefill
+                    for child in self._fork(seq):
+                        rows.append(row)
+                        seqs.append(child)
                 seq.prefilled_once = True
-                self.stats.prompt_tokens += seq.num_prompt_tokens * seq.params.n
-                self.stats.cached_tokens += seq.num_cached + seq.num_prompt_tokens * (seq.params.n - 1)
-                for j in range(1, seq.params.n):  # the other samples share this prefill
-                    child = seq.fork(self._next_id + 1, j, sample_seed(seq.params.seed, j)
-                                     if seq.params.seed is not None else self.rng.getrandbits(63))
-                    self._next_id += 1
-                    copy = self.blocks.fork(seq, child)
-                    if copy:
-                        self.runner.copy_block(*copy)
-                    self.scheduler.running.append(child)
-                    rows.append(i)
-                    seqs.append(child)
         if not seqs:
             return []
-        if self.capture is not None:  # next_token_logprobs: read the distribution, sample nothing
-            lp = torch.log_softmax(logits[torch.tensor(rows, device=logits.device)].float(), dim=-1)
-            for seq, row in zip(seqs, lp[:, self.capture.to(lp.device)].tolist()):
-                seq.captured, seq.finish_reason = row, "stop"
+        logits = logits[torch.tensor(rows, device=logits.device)] if len(rows) > logits.shape[0] else logits
+        if seqs[0].capture is not None:  # next_token_logprobs: read the distribution, sample nothing
+            for seq, lp in zip(seqs, self.runner.logprobs_of(logits, seqs[0].capture)):
+                seq.captured, seq.finish_reason = lp, "stop"
                 self.scheduler.finish(seq)
             return seqs
-        tokens, logprobs = self.runner.sample(logits[torch.tensor(rows, device=logits.device)], seqs)
         finished = []
-        for seq, tok, lp in zip(seqs, tokens, logprobs):
+        for seq, tok, lp in zip(seqs, *self.runner.sample(logits, seqs)):
             seq.append(tok, lp)
             self.stats.output_tokens += 1
             if self._stopped(seq):
                 self.scheduler.finish(seq)
                 finished.append(seq)
         return finished
+
+    def _fork(self, seq: Sequence) -> list[Sequence]:
+        children = []
+        for j in range(1, seq.params.n):
+            self._next_id += 1
+            child = seq.fork(self._next_id, j, self._seed(seq.params, j))
+            self.scheduler.fork(seq, child)
+            if child.prefilled_once:  # shares seq's prefill (else it is recomputed, and counted, later)
+                self.stats.prompt_tokens += child.num_prompt_tokens
+                self.stats.cached_tokens += child.num_cached
+            children.append(child)
+        return children
 
     def _stopped(self, seq: Sequence) -> bool:
         p, tok = seq.params, seq.token_ids[-1]

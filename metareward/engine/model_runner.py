@@ -1,12 +1,20 @@
-"""Everything the engine keeps on the device: the KV cache, the decode CUDA graphs, and the tensors of one
-step. Runs the model on a scheduled batch and samples the next tokens."""
+"""Everything the engine keeps on the device: the KV cache, the block table, the decode CUDA graphs, and the
+tensors of one step. Runs the model on a scheduled batch and samples the next tokens.
+
+The block table lives on the device, one row per running sequence (its row is handed out by the scheduler):
+a step writes only the entries that changed since the sequence's last step (a block appended at a block
+boundary, a copy-on-write replacement) in one scatter; nothing is rebuilt from Python lists per step."""
 from __future__ import annotations
+
+import itertools
 
 import torch
 
 from ..kernels.sample import sample
+from ..model.attention import Padding, flash_attn_varlen_func
 from .attention import PagedDecode, PagedPrefill
 from .graphs import DecodeGraphs
+from .scheduler import Batch
 from .sequence import Sequence
 
 
@@ -22,7 +30,9 @@ class ModelRunner:
         self.max_num_seqs = max_num_seqs
         self.cuda_graphs = cuda_graphs
         self.kv: torch.Tensor | None = None
+        self.table: torch.Tensor | None = None  # int32 [max_num_seqs, max_blocks_per_seq]
         self.graphs: DecodeGraphs | None = None
+        self.weights: tuple | None = None  # (storage, values) of the parameters last seen, see sync_weights
 
     # -- the KV cache ----------------------------------------------------------------------------------
     @property
@@ -36,83 +46,135 @@ class ModelRunner:
             if self.device.type == "cuda":
                 # a fraction of the memory left after the weights (and whatever else is already allocated)
                 free, _ = torch.cuda.mem_get_info(self.device)
-                self._num_blocks = int(free * self.kv_cache_memory) // self.block_bytes
+                self._num_blocks = int(free * self.kv_cache_memory) // self.block_bytes - 1
             else:  # CPU: kv_cache_memory is in bytes
-                self._num_blocks = int(self.kv_cache_memory) // self.block_bytes
+                self._num_blocks = int(self.kv_cache_memory) // self.block_bytes - 1
         return self._num_blocks
 
     def allocate(self) -> None:
         if self.kv is None:
-            c = self.model.config
-            self.kv = torch.zeros(2, c.num_layers, self.num_blocks(), self.block_size, c.num_kv_heads, c.head_dim,
+            c, n = self.model.config, self.num_blocks()
+            # one block more than the block manager hands out: block n stays zero, padding reads it
+            self.kv = torch.zeros(2, c.num_layers, n + 1, self.block_size, c.num_kv_heads, c.head_dim,
                                   dtype=self.model.dtype, device=self.device)
+            self.table = torch.full((self.max_num_seqs, self.max_blocks_per_seq), n, dtype=torch.int32,
+                                    device=self.device)
 
     def release(self) -> None:
-        self.kv = None
+        self.kv = self.table = None
         self.graphs = None  # captured graphs point at the freed cache
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
 
-    def copy_block(self, src: int, dst: int) -> None:
-        self.kv[:, :, dst].copy_(self.kv[:, :, src])
+    # -- the weights -----------------------------------------------------------------------------------
+    def sync_weights(self) -> bool:
+        """Whether the parameters may differ from the last call's. The one place that notices: the engine
+        drops its prefix cache on True (cached KV came from the old values), and the decode graphs are
+        dropped here when any parameter's storage moved (a graph replays the addresses it captured). Storage
+        moves when FSDP gathers again (leaving and re-entering trainer.distributed.gathered()), on
+        load_state_dict(assign=True) or a `.data =` swap; values change in place on an optimizer step
+        (weights_version, and every in-place op bumps the tensor's version counter) or load_state_dict."""
+        params = list(self.model.parameters())
+        storage = tuple(p.data_ptr() for p in params)
+        values = (self.model.weights_version, tuple(p._version for p in params))
+        if self.weights is not None and self.weights[0] != storage:
+            self.graphs = None
+        changed, self.weights = self.weights != (storage, values), (storage, values)
+        return changed
 
     # -- one step --------------------------------------------------------------------------------------
-    def _slot(self, seq: Sequence, pos: int) -> int:
-        return seq.block_table[pos // self.block_size] * self.block_size + pos % self.block_size
-
-    def _tensor(self, data, dtype) -> torch.Tensor:
+    def _tensor(self, data, dtype=torch.long) -> torch.Tensor:
         return torch.tensor(data, dtype=dtype, pin_memory=self.device.type == "cuda").to(self.device,
                                                                                           non_blocking=True)
 
     @torch.inference_mode()
-    def prefill(self, batch: list[tuple[Sequence, int]]) -> torch.Tensor:
-        """Compute each chunk's KV; -> logits [S, V] at every chunk's last token."""
-        ids, pos, slots, ctx, q_lens, k_lens, last = [], [], [], [], [], [], []
-        for seq, n in batch:
-            start = seq.num_computed
-            ids += seq.token_ids[start:start + n]
-            pos += range(start, start + n)
-            slots += [self._slot(seq, p) for p in range(start, start + n)]
-            ctx += [self._slot(seq, p) for p in range(start + n)]
-            q_lens.append(n)
-            k_lens.append(start + n)
-            last.append(len(ids) - 1)
-        i32 = torch.int32
-        attn = PagedPrefill(self.kv, self._tensor(slots, torch.long), self._tensor(ctx, torch.long), q_lens, k_lens)
-        if self.device.type == "cuda":
-            attn.cu_q = self._tensor([0] + q_lens, i32).cumsum(0, dtype=i32)
-            attn.cu_k = self._tensor([0] + k_lens, i32).cumsum(0, dtype=i32)
-        h = self.model.hidden_states(self._tensor(ids, torch.long), self._tensor(pos, torch.long), attn)
-        return self.model.compute_logits(h[self._tensor(last, torch.long)])
+    def run(self, batch: Batch) -> torch.Tensor:
+        """-> logits [R, V] for the R sequences of the batch whose KV this step completes, in batch order."""
+        if batch.copies:  # copy-on-write of shared blocks, before this step writes into the copies
+            src, dst = self._tensor(batch.copies).unbind(1)
+            self.kv[:, :, dst] = self.kv[:, :, src]
+        self._sync_tables(batch.seqs)
+        if batch.prefill:
+            return self._prefill(batch.seqs, batch.num_tokens)
+        return self._decode(batch.seqs)
 
-    @torch.inference_mode()
-    def decode(self, seqs: list[Sequence]) -> torch.Tensor:
+    def _sync_tables(self, seqs: list[Sequence]) -> None:
+        rows, cols, blocks = [], [], []
+        for s in seqs:
+            n = len(s.block_table)
+            if s.synced < n:
+                rows += [s.row] * (n - s.synced)
+                cols += range(s.synced, n)
+                blocks += s.block_table[s.synced:]
+                s.synced = n
+        if rows:
+            self.table[self._tensor(rows), self._tensor(cols)] = self._tensor(blocks, torch.int32)
+
+    def _prefill(self, seqs: list[Sequence], counts: list[int]) -> torch.Tensor:
+        """Compute each chunk's KV; -> logits at the last token of every sequence the chunk completes."""
+        starts = [s.num_computed for s in seqs]
+        ids = list(itertools.chain.from_iterable(s.token_ids[a:a + n] for s, a, n in zip(seqs, starts, counts)))
+        done = [i for i, (s, a, n) in enumerate(zip(seqs, starts, counts)) if a + n == len(s)]
+        meta = self._tensor([starts, counts, [s.row for s in seqs]])  # [3, S]
+        start, count, rows = meta.unbind(0)
+        queries = Padding.of(counts, self.device)
+        bs = self.block_size
+        pos_grid = start[:, None] + torch.arange(queries.width, device=self.device)  # [S, Tq]
+        positions = pos_grid.view(-1)[queries.index]
+        table = self.table.index_select(0, rows).long()  # [S, max_blocks]
+        slots = (table.gather(1, pos_grid.clamp(max=self.max_blocks_per_seq * bs - 1) // bs) * bs
+                 + pos_grid % bs).view(-1)[queries.index]
+        fresh, k_width = not any(starts), max(a + n for a, n in zip(starts, counts))
+        if fresh:  # no earlier tokens anywhere: each context is the sequence's own new tokens
+            context, mask = None, (None if queries.dense else self._mask(pos_grid, count, k_width))
+        else:
+            t = torch.arange(k_width, device=self.device)
+            null = self.kv.shape[2] - 1
+            context = torch.where(t < (start + count)[:, None], table[:, t // bs] * bs + t % bs, null * bs)
+            mask = self._mask(pos_grid, start + count, k_width)
+        flash = None
+        if flash_attn_varlen_func is not None and self.device.type == "cuda" and \
+                self.model.dtype in (torch.float16, torch.bfloat16):
+            k_lens = [a + n for a, n in zip(starts, counts)]
+            t = torch.arange(k_width, device=self.device)
+            ctx = (table[:, t // bs] * bs + t % bs)[t < (start + count)[:, None]]
+            i32 = torch.int32
+            flash = (ctx, self._tensor([0] + counts, i32).cumsum(0, dtype=i32),
+                     self._tensor([0] + k_lens, i32).cumsum(0, dtype=i32), max(counts), max(k_lens))
+        attn = PagedPrefill(self.kv, slots, queries, context, mask, flash)
+        h = self.model.hidden_states(self._tensor(ids), positions, attn)
+        last = torch.cumsum(count, 0) - 1
+        return self.model.compute_logits(h[last[self._tensor(done)]])
+
+    def _mask(self, pos_grid: torch.Tensor, k_lens: torch.Tensor, width: int) -> torch.Tensor:
+        # bool [S, 1, Tq, Tk]: the query at position p sees keys t <= p of its own context (t < k_len);
+        # padding queries sit past k_len and see the whole context, so no row is empty
+        t = torch.arange(width, device=self.device)
+        return ((t <= pos_grid[:, :, None]) & (t < k_lens[:, None, None]))[:, None]
+
+    def _decode(self, seqs: list[Sequence]) -> torch.Tensor:
         """Compute the KV of each sequence's last token; -> logits [B, V] for its next token."""
-        width = max(len(s.block_table) for s in seqs)
-        inputs = dict(
-            input_ids=[s.token_ids[-1] for s in seqs],
-            positions=[len(s) - 1 for s in seqs],
-            slot_mapping=[self._slot(s, len(s) - 1) for s in seqs],
-            context_lens=[len(s) for s in seqs],
-            block_tables=[s.block_table + [0] * (width - len(s.block_table)) for s in seqs],
-        )
+        bs, last = self.block_size, [len(s) - 1 for s in seqs]
+        inputs = self._tensor([[s.token_ids[-1] for s in seqs], last,
+                               [s.block_table[p // bs] * bs + p % bs for s, p in zip(seqs, last)],
+                               [p + 1 for p in last], [s.row for s in seqs]])  # [5, B], graphs.FIELDS
         if self.cuda_graphs and len(seqs) <= self.max_num_seqs:
             if self.graphs is None:
-                self.graphs = DecodeGraphs(self._decode_forward, self.max_num_seqs, self.max_blocks_per_seq,
+                self.graphs = DecodeGraphs(self._decode_forward, list(self.model.parameters()), self.max_num_seqs,
                                            self.device, emulate=self.device.type != "cuda")
             return self.graphs.run(inputs)
-        types = dict(input_ids=torch.long, positions=torch.long, slot_mapping=torch.long,
-                     context_lens=torch.int32, block_tables=torch.int32)
-        return self._decode_forward(**{k: self._tensor(v, types[k]) for k, v in inputs.items()})
+        return self._decode_forward(*inputs)
 
-    def _decode_forward(self, input_ids, positions, slot_mapping, context_lens, block_tables) -> torch.Tensor:
-        attn = PagedDecode(self.kv, slot_mapping, block_tables, context_lens)
+    def _decode_forward(self, input_ids, positions, slot_mapping, context_lens, rows) -> torch.Tensor:
+        attn = PagedDecode(self.kv, slot_mapping, self.table.index_select(0, rows), context_lens)
         return self.model.compute_logits(self.model.hidden_states(input_ids, positions, attn))
 
     @torch.inference_mode()
     def sample(self, logits: torch.Tensor, seqs: list[Sequence]) -> tuple[list[int], list[float]]:
         """One token for each row; row i is sampled with seqs[i]'s parameters, seed and offset = position,
         so a sequence's tokens do not depend on what else is in the batch."""
+        if logits.dtype not in (torch.float32, torch.bfloat16):
+            logits = logits.float()  # float16 models: the sampler reads float32 or bfloat16
         p = [s.params for s in seqs]
         tokens, logprobs = sample(
             logits,
@@ -124,3 +186,8 @@ class ModelRunner:
             self._tensor([len(s) for s in seqs], torch.int64),
         )
         return tokens.tolist(), logprobs.tolist()
+
+    @torch.inference_mode()
+    def logprobs_of(self, logits: torch.Tensor, token_ids: torch.Tensor) -> list[list[float]]:
+        # next_token_logprobs: log p(t) of each candidate t, [R, len(token_ids)]
+        return torch.log_softmax(logits.float(), dim=-1)[:, token_ids.to(logits.device)].tolist()

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from enum import Enum, auto
 
+import torch
+
 from .params import SamplingParams
 
 MASK64 = (1 << 64) - 1
@@ -27,7 +29,7 @@ class Sequence:
     1..n-1 are forked from sample 0 once its prompt is prefilled."""
 
     def __init__(self, seq_id: int, request: int, sample: int, token_ids: list[int], params: SamplingParams,
-                 seed: int):
+                 seed: int, capture: torch.Tensor | None = None):
         self.seq_id, self.request, self.sample = seq_id, request, sample
         self.token_ids = list(token_ids)
         self.num_prompt_tokens = len(token_ids)
@@ -35,13 +37,16 @@ class Sequence:
         self.seed = seed
         self.status = Status.WAITING
         self.block_table: list[int] = []
-        self.num_computed = 0  # tokens whose KV is in the cache
-        self.num_cached = 0  # prompt tokens served from the prefix cache (first prefill only)
+        self.num_computed = 0  # tokens whose KV is in the cache (or is written by the step being run)
+        self.num_cached = 0  # prompt tokens this sample did not compute (prefix cache, or shared with sample 0)
+        self.row = -1  # this sequence's row of the device block table while it holds blocks
+        self.synced = 0  # leading block_table entries already written to that row
         self.logprobs: list[float] = []
         self.cumulative_logprob = 0.0
         self.finish_reason: str | None = None
         self.prefilled_once = False  # the prompt was computed at least once (preemption recomputes it)
-        self.captured: list[float] | None = None  # next_token_logprobs: the candidates' log-probs
+        self.capture = capture  # next_token_logprobs: candidate token ids whose log-probs to read
+        self.captured: list[float] | None = None
 
     def __len__(self) -> int:
         return len(self.token_ids)
@@ -54,6 +59,11 @@ class Sequence:
     def num_output(self) -> int:
         return len(self.token_ids) - self.num_prompt_tokens
 
+    @property
+    def forks(self) -> bool:
+        """This sample's first prefill is shared with the request's other samples."""
+        return self.sample == 0 and self.params.n > 1 and not self.prefilled_once
+
     def append(self, token: int, logprob: float) -> None:
         self.token_ids.append(token)
         self.cumulative_logprob += logprob
@@ -61,10 +71,6 @@ class Sequence:
             self.logprobs.append(logprob)
 
     def fork(self, seq_id: int, sample: int, seed: int) -> "Sequence":
-        """A sibling sample sharing this sequence's computed prompt (block table copied; the caller takes
-        references on the blocks)."""
-        s = Sequence(seq_id, self.request, sample, self.token_ids[:self.num_prompt_tokens], self.params, seed)
-        s.block_table = list(self.block_table)
-        s.num_computed = s.num_cached = self.num_computed
-        s.prefilled_once = True
-        return s
+        """A sibling sample of this (just prefilled) sequence: same prompt, no blocks yet. The scheduler shares
+        this sequence's blocks with it, or queues it to be recomputed through the prefix cache."""
+        return Sequence(seq_id, self.request, sample, self.token_ids[:self.num_prompt_tokens], self.params, seed)

@@ -49,21 +49,31 @@ def test_freed_blocks_stay_cached_until_reused_lru():
     assert bm.match_prefix(seq([1, 2, 3, 4, 5])) == []
 
 
-def test_refcounts_and_fork_copy_on_partial_block():
+def test_fork_shares_every_block_and_copies_the_partial_one_on_write():
     bm = BlockManager(8, 4)
     parent = seq(list(range(6)))
     bm.reserve(parent, 6)
     parent.num_computed = 6
     child = parent.fork(7, 1, seed=1)
-    copy = bm.fork(parent, child)
-    assert copy == (parent.block_table[1], child.block_table[1])
-    assert child.block_table[0] == parent.block_table[0] and bm.blocks[parent.block_table[0]].ref == 2
-    assert bm.blocks[parent.block_table[1]].ref == 1
+    bm.fork(parent, child)  # takes no free block: forking can never run out
+    assert child.block_table == parent.block_table and bm.num_free == 6 and child.num_computed == 6
+    assert [bm.blocks[b].ref for b in parent.block_table] == [2, 2]
+    child.token_ids.append(9)
+    assert bm.new_blocks_needed(child, 7) == 1  # a copy of the shared partial block
+    bm.reserve(child, 7)
+    assert child.block_table[0] == parent.block_table[0] and child.block_table[1] != parent.block_table[1]
+    assert bm.take_copies() == [(parent.block_table[1], child.block_table[1])] and bm.take_copies() == []
+    parent.token_ids.append(8)
+    assert bm.new_blocks_needed(parent, 7) == 0  # the last holder writes in place
     bm.free_seq(parent)
-    assert bm.blocks[child.block_table[0]].ref == 1
+    assert bm.blocks[child.block_table[0]].ref == 1 and bm.num_free == 6
     full = seq(list(range(8)))
     bm.reserve(full, 8)
-    assert bm.fork(full, full.fork(9, 1, seed=2)) is None  # no partial block: nothing to copy
+    full.num_computed = 8
+    twin = full.fork(9, 1, seed=2)
+    bm.fork(full, twin)
+    twin.token_ids.append(1)
+    assert bm.new_blocks_needed(twin, 9) == 1 and not bm.take_copies()  # a fresh block, nothing to copy
 
 
 def test_same_step_sharing_publishes_blocks_at_reserve():

@@ -1,3 +1,6 @@
+import copy
+import math
+
 import pytest
 import torch
 
@@ -174,12 +177,77 @@ def test_next_token_logprobs_match_full_forward(llama_pair, tok):
     assert engine.stats.cached_tokens > 0  # the shared "Score the answer." block came from the cache
 
 
-def test_training_in_place_invalidates_prefix_cache(llama_pair, tok):
+def greedy_tokens(engine, prompts, n=8):
+    p = SamplingParams(temperature=0, max_tokens=n, ignore_eos=True)
+    return [o.samples[0].token_ids for o in engine.generate(prompts, p, use_tqdm=False)]
+
+
+def test_float16_model_end_to_end(llama_pair, tok):
     _, model = llama_pair
-    engine = Engine(model, tok, num_kv_blocks=128, block_size=4)
-    p = SamplingParams(temperature=0, max_tokens=4)
-    engine.generate(["a prompt that fills blocks"], p, use_tqdm=False)
-    model.weights_version += 1  # what an optimizer step does
-    out = engine.generate(["a prompt that fills blocks"], p, use_tqdm=False)[0]
-    model.weights_version -= 1
-    assert out.num_cached_tokens == 0
+    half = copy.deepcopy(model).half()
+    engine = Engine(half, tok, block_size=4, num_kv_blocks=128)
+    prompts = ["Hello there", "A longer prompt, with more words in it."]
+    got = greedy_tokens(engine, prompts)
+    for prompt, tokens in zip(prompts, got):  # greedy by full forwards of the same float16 model, no cache
+        ids = engine.encode(prompt)
+        with torch.no_grad():
+            for _ in range(8):
+                ids.append(int(half(torch.tensor([ids]))[0, -1].argmax()))
+        assert tokens == ids[-8:]
+    out = engine.generate(prompts, SamplingParams(n=3, temperature=0.9, top_p=0.9, max_tokens=8, seed=2,
+                                                  logprobs=True), use_tqdm=False)
+    assert all(len(s.token_ids) == 8 and all(math.isfinite(x) and x <= 0 for x in s.logprobs)
+               for o in out for s in o.samples)
+
+
+def test_decode_graphs_follow_a_parameter_storage_swap(llama_pair, tok):
+    _, model = llama_pair
+    m = copy.deepcopy(model)
+    prompts = [f"graph {i}" for i in range(3)]
+    engine = Engine(m, tok, num_kv_blocks=128, cuda_graphs=True, max_num_seqs=8)
+    before = greedy_tokens(engine, prompts)
+    graphs = engine.runner.graphs
+    w = m.model.layers[1].mlp.down_proj.weight
+    w.data = torch.randn(w.shape, generator=torch.Generator().manual_seed(1)) * 0.5  # new storage, new values
+    after = greedy_tokens(engine, prompts)  # a stale graph would decode with the old down_proj
+    assert after == greedy_tokens(Engine(m, tok, num_kv_blocks=128, cuda_graphs=False), prompts)
+    assert after != before and engine.runner.graphs is not graphs
+    with torch.no_grad():
+        w.mul_(1.0)  # in place: same storage, graphs stay (they read it), cached prefixes go
+    again = greedy_tokens(engine, prompts)
+    assert again == after and engine.runner.graphs is not None
+
+
+@pytest.mark.parametrize("change", ["in_place", "load_state_dict", "swap", "weights_version"])
+def test_any_weight_change_invalidates_the_prefix_cache(llama_pair, tok, change):
+    _, model = llama_pair
+    m = copy.deepcopy(model)
+    engine = Engine(m, tok, num_kv_blocks=128, block_size=4)
+    p = SamplingParams(temperature=0, max_tokens=2)
+    prompt = "a prompt that fills several blocks"
+    engine.generate([prompt], p, use_tqdm=False)
+    assert engine.generate([prompt], p, use_tqdm=False)[0].num_cached_tokens > 0  # unchanged: served from cache
+    w = m.model.layers[0].self_attn.q_proj.weight
+    if change == "in_place":
+        with torch.no_grad():
+            w.add_(0.0)
+    elif change == "load_state_dict":
+        m.load_state_dict(m.state_dict())
+    elif change == "swap":
+        w.data = w.data.clone()
+    else:
+        m.weights_version += 1
+    assert engine.generate([prompt], p, use_tqdm=False)[0].num_cached_tokens == 0
+
+
+def test_thread_count_setting(llama_pair, tok):
+    _, model = llama_pair
+    before = torch.get_num_threads()
+    seen = []
+    engine = Engine(model, tok, num_kv_blocks=64, num_threads=1)
+    step = engine.step
+    engine.step = lambda: seen.append(torch.get_num_threads()) or step()
+    engine.generate(["abc"], SamplingParams(temperature=0, max_tokens=3), use_tqdm=False)
+    assert set(seen) == {1} and torch.get_num_threads() == before  # the caller's count is restored
+    with pytest.raises(UserError, match="num_threads"):
+        Engine(model, tok, num_threads=0)
