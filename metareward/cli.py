@@ -31,17 +31,17 @@ def cli(debug):
 @model_option
 @click.option("--prompts", required=True, type=click.Path(), help="JSONL with a `prompt` field per line.")
 @click.option("--output", required=True, type=click.Path(dir_okay=False), help="JSONL, one line per sample.")
-@click.option("--n", default=1, help="Samples per prompt.")
-@click.option("--temperature", default=1.0)
-@click.option("--top-p", default=1.0)
-@click.option("--top-k", default=0, help="0: off.")
-@click.option("--min-p", default=0.0)
-@click.option("--max-tokens", default=256)
+@click.option("--n", default=1, type=click.IntRange(min=1), help="Samples per prompt.")
+@click.option("--temperature", default=1.0, type=click.FloatRange(min=0))
+@click.option("--top-p", default=1.0, type=click.FloatRange(min=0, max=1, min_open=True))
+@click.option("--top-k", default=0, type=click.IntRange(min=-1), help="0: off.")
+@click.option("--min-p", default=0.0, type=click.FloatRange(min=0, max=1))
+@click.option("--max-tokens", default=256, type=click.IntRange(min=1))
 @click.option("--seed", default=0, help="Per-request seeds derive from it: same seed, same samples.")
 @click.option("--stop", multiple=True, help="Stop string (repeatable); cut from the text.")
 @click.option("--raw", is_flag=True, help="Tokenize the prompt text as is, without the chat template.")
 @click.option("--skip-long", is_flag=True, help="Skip prompts longer than the context instead of failing.")
-@click.option("--max-model-len", default=None, type=int, help="Context length [default: the model's].")
+@click.option("--max-model-len", default=None, type=click.IntRange(min=2), help="Context length [default: the model's].")
 @template_option
 @dtype_option
 @device_option
@@ -60,38 +60,49 @@ def generate(model, prompts, output, n, temperature, top_p, top_k, min_p, max_to
     click.echo(json.dumps(summary), err=True)
 
 
+def settings_options(cls):
+    """One click option per field of a settings section: the defaults, choices and help come from the
+    section's definition (trainer/config.py for DPO), not from a second copy here."""
+    import typing
+
+    def deco(f):
+        for name, field in reversed(list(cls.model_fields.items())):
+            flag, hint = "--" + name.replace("_", "-"), field.annotation
+            kw = dict(default=field.default, help=field.description, show_default=True)
+            if typing.get_origin(hint) is typing.Literal:
+                kw["type"] = click.Choice(typing.get_args(hint))
+            elif hint is bool:
+                flag = f"{flag}/--no-{flag[2:]}"
+            elif typing.get_origin(hint) is tuple:
+                kw.update(nargs=2, type=float)
+            else:
+                kw["type"] = hint
+            f = click.option(flag, name, **kw)(f)
+        return f
+    return deco
+
+
+def _train_dpo_settings():
+    from .trainer.config import DPOConfig
+    return DPOConfig
+
+
 @cli.command("train-dpo")
 @model_option
 @click.option("--pairs", required=True, type=click.Path(), help="JSONL {prompt, chosen, rejected} (TRL format).")
 @click.option("--output", required=True, type=click.Path(file_okay=False), help="Directory for the checkpoint.")
-@click.option("--beta", default=0.1)
-@click.option("--loss", type=click.Choice(["sigmoid", "ipo"]), default="sigmoid")
-@click.option("--label-smoothing", default=0.0)
-@click.option("--alpha", default=0.0, help="Weight of the chosen response's NLL (RPO).")
-@click.option("--lr", default=1e-6)
-@click.option("--epochs", default=1)
-@click.option("--batch-size", default=16, help="Pairs per optimizer step, over all processes.")
-@click.option("--micro-batch-tokens", default=8192, help="Token budget of one forward/backward pass.")
-@click.option("--max-length", default=2048, help="Longer pairs are truncated (responses cut).")
-@click.option("--warmup-ratio", default=0.1)
-@click.option("--schedule", type=click.Choice(["cosine", "linear", "constant"]), default="cosine")
-@click.option("--seed", default=0)
-@click.option("--gradient-checkpointing", is_flag=True)
+@settings_options(_train_dpo_settings())
 @click.option("--force", is_flag=True, help="Replace a non-empty output directory.")
 @template_option
 @dtype_option
 @device_option
-def train_dpo_cmd(model, pairs, output, beta, loss, label_smoothing, alpha, lr, epochs, batch_size,
-                  micro_batch_tokens, max_length, warmup_ratio, schedule, seed, gradient_checkpointing, force,
-                  chat_template, dtype, device):
+def train_dpo_cmd(model, pairs, output, force, chat_template, dtype, device, **settings):
     """DPO on preference pairs, in place on the model's own weights (torchrun: FSDP2)."""
-    from .config import DPOConfig
+    from .settings import build
+    from .trainer.config import DPOConfig
     from .trainer.job import train_dpo
 
-    cfg = DPOConfig(loss=loss, beta=beta, label_smoothing=label_smoothing, alpha=alpha, lr=lr, epochs=epochs,
-                    batch_size=batch_size, micro_batch_tokens=micro_batch_tokens, max_length=max_length,
-                    warmup_ratio=warmup_ratio, schedule=schedule, seed=seed,
-                    gradient_checkpointing=gradient_checkpointing)
+    cfg = build(DPOConfig, settings, option=True)
     summary = train_dpo(model, pairs, output, cfg, force=force, dtype=dtype, device=device,
                         chat_template=chat_template)
     if os.environ.get("RANK", "0") == "0":
@@ -100,9 +111,9 @@ def train_dpo_cmd(model, pairs, output, beta, loss, label_smoothing, alpha, lr, 
 
 @cli.command(context_settings={"ignore_unknown_options": False})
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
-              help="YAML config [default: examples/tiny-random.yaml when --model is not given either].")
-@click.option("--model", default=None, help="Local HF model directory, or tiny-random.")
-@click.option("--prompts", default=None, help="JSONL prompts file.")
+              help="YAML config [default: the embedded tiny-random job when --model is not given either].")
+@click.option("--model", default=None, help="Local HF model directory, a .gguf file, or tiny-random.")
+@click.option("--prompts", default=None, help="JSONL prompts file [default: the example prompts].")
 @click.option("--output-dir", default=None)
 @click.option("--iterations", type=int, default=None)
 @click.option("--prompts-per-iteration", type=int, default=None)
@@ -114,12 +125,11 @@ def run(config_file, model, prompts, output_dir, iterations, prompts_per_iterati
 
     OVERRIDES are key=value settings, e.g. actor.n=4 dpo.lr=5e-7 judge.score_mode=expected, or per
     iteration: train_on=[[actor,judge],[actor]]."""
-    from .recipe.config_cli import build_config
-    from .recipe.run import run as run_recipe
+    from .run import run as run_job
 
-    raw = build_config(config_file, dict(model=model, prompts=prompts, output_dir=output_dir, iterations=iterations,
-                                         prompts_per_iteration=prompts_per_iteration), list(overrides), resume)
-    path = run_recipe(raw, resume=resume, force=force)
+    options = dict(model=model, prompts=prompts, output_dir=output_dir, iterations=iterations,
+                   prompts_per_iteration=prompts_per_iteration)
+    path = run_job(config_file=config_file, options=options, overrides=list(overrides), resume=resume, force=force)
     if os.environ.get("RANK", "0") == "0":
         click.echo(f"done: {path}", err=True)
 
@@ -135,13 +145,14 @@ def eval_group():
 @click.option("--judge", required=True, help="The judge's model directory.")
 @click.option("--prompts", required=True, help="AlpacaEval / Arena-Hard / MT-Bench questions or a prompts JSONL.")
 @click.option("--output", required=True, type=click.Path(file_okay=False))
-@click.option("--max-tokens", default=512)
-@click.option("--temperature", default=0.0, help="Answer sampling (0: greedy).")
+@click.option("--max-tokens", default=512, type=click.IntRange(min=1))
+@click.option("--temperature", default=0.0, type=click.FloatRange(min=0), help="Answer sampling (0: greedy).")
 @click.option("--verdict-mode", type=click.Choice(["parse", "expected"]), default="parse",
               help="parse: the judge's 'Winner: A|B|tie' line; expected: P(A) vs P(B) from the logits.")
-@click.option("--judge-max-tokens", default=512)
+@click.option("--judge-max-tokens", default=512, type=click.IntRange(min=1))
 @click.option("--template", type=click.Path(dir_okay=False), default=None, help="A pairwise judge prompt file.")
-@click.option("--bootstrap", default=1000, help="Bootstrap resamples for the 95% intervals.")
+@click.option("--bootstrap", default=1000, type=click.IntRange(min=0),
+              help="Bootstrap resamples for the 95% intervals (0: none).")
 @click.option("--seed", default=0)
 @dtype_option
 @device_option
@@ -150,8 +161,9 @@ def eval_winrate(model, baseline, judge, prompts, output, max_tokens, temperatur
     """Head-to-head win rate (both orders), position consistency and length-controlled win rate."""
     from .eval.commands import markdown, winrate
 
-    rep = winrate(model, baseline, judge, prompts, output, max_tokens, temperature, verdict_mode, judge_max_tokens,
-                  template, dtype, device, bootstrap, seed)
+    rep = winrate(model=model, baseline=baseline, judge=judge, prompts=prompts, output=output, max_tokens=max_tokens,
+                  temperature=temperature, verdict_mode=verdict_mode, judge_max_tokens=judge_max_tokens,
+                  template=template, dtype=dtype, device=device, n_boot=bootstrap, seed=seed)
     click.echo(markdown(rep, f"{model} vs {baseline}"))
 
 
@@ -160,9 +172,9 @@ def eval_winrate(model, baseline, judge, prompts, output, max_tokens, temperatur
 @click.option("--data", required=True, help="Human-labelled pairs.")
 @click.option("--format", "fmt", type=click.Choice(["llmbar", "pandalm", "pairs"]), required=True)
 @click.option("--output", type=click.Path(file_okay=False), default=None)
-@click.option("--limit", type=int, default=None, help="Use the first N rows.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Use the first N rows.")
 @click.option("--mode", type=click.Choice(["parse", "expected"]), default="parse")
-@click.option("--max-tokens", default=512)
+@click.option("--max-tokens", default=512, type=click.IntRange(min=1))
 @click.option("--seed", default=0, help="Order of the answers of `pairs` rows (a seeded coin).")
 @dtype_option
 @device_option
@@ -170,18 +182,18 @@ def eval_judge(model, data, fmt, output, limit, mode, max_tokens, seed, dtype, d
     """Agreement of a model's judgments with human labels (pointwise and pairwise prompts)."""
     from .eval.commands import judge_agreement
 
-    click.echo(json.dumps(judge_agreement(model, data, fmt, output, limit, mode, max_tokens, seed, dtype, device),
-                          indent=2))
+    click.echo(json.dumps(judge_agreement(model=model, data=data, fmt=fmt, output=output, limit=limit, mode=mode,
+                                          max_tokens=max_tokens, seed=seed, dtype=dtype, device=device), indent=2))
 
 
 @eval_group.command("export")
 @click.option("--model", default=None, help="Model directory (or tiny-random).")
 @click.option("--run", "run_dir", default=None, help="A run directory; with --iteration, its checkpoint.")
-@click.option("--iteration", type=int, default=None)
+@click.option("--iteration", type=click.IntRange(min=1), default=None)
 @click.option("--prompts", required=True, help="The benchmark's own question file.")
 @click.option("--format", "fmt", type=click.Choice(["alpaca_eval", "arena_hard", "mt_bench"]), required=True)
 @click.option("--output", required=True, type=click.Path(dir_okay=False))
-@click.option("--max-tokens", default=2048)
+@click.option("--max-tokens", default=2048, type=click.IntRange(min=1))
 @click.option("--model-id", default=None, help="The name the answers carry [default: from the path].")
 @dtype_option
 @device_option
@@ -189,8 +201,9 @@ def eval_export(model, run_dir, iteration, prompts, fmt, output, max_tokens, mod
     """Greedy answers in the exact format AlpacaEval / Arena-Hard / MT-Bench read."""
     from .eval.commands import export
 
-    click.echo(f"wrote {export(prompts, fmt, output, model, run_dir, iteration, max_tokens, model_id, dtype, device)}",
-               err=True)
+    path = export(prompts=prompts, fmt=fmt, output=output, model=model, run=run_dir, iteration=iteration,
+                  max_tokens=max_tokens, model_id=model_id, dtype=dtype, device=device)
+    click.echo(f"wrote {path}", err=True)
 
 
 @eval_group.command("ifeval")
@@ -245,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         cli.main(args=argv, prog_name="metareward", standalone_mode=False)
     except click.exceptions.Exit as e:
         return e.exit_code
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt):
         click.echo("error: aborted", err=True)
         return 130
     except (click.ClickException, UserError) as e:
@@ -253,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
             raise
         msg = e.format_message() if isinstance(e, click.ClickException) else str(e)
         click.echo(f"error: {' '.join(msg.split())}", err=True)
-        return 2
+        return getattr(e, "exit_code", 2) if isinstance(e, UserError) else 2
     return 0
 
 

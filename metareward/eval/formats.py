@@ -1,6 +1,6 @@
-"""Eval data in and out: prompt sets (AlpacaEval, Arena-Hard, MT-Bench, the project's own prompts), baseline
-answers, human-labelled judge data (LLMBar, PandaLM, chosen/rejected pairs), and answer files in the exact
-layout the official AlpacaEval / Arena-Hard v0.1 / MT-Bench (FastChat) tools read."""
+"""Eval data in and out (the prompt sets themselves are read by metareward.prompts): baseline answers,
+human-labelled judge data (LLMBar, PandaLM, chosen/rejected pairs), and answer files in the exact layout the
+official AlpacaEval / Arena-Hard v0.1 / MT-Bench (FastChat) tools read."""
 from __future__ import annotations
 
 import hashlib
@@ -8,18 +8,14 @@ import json
 import random
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Mapping, Sequence
 
 from ..errors import UserError
-from ..io import read_jsonl, write_json, write_jsonl
-
-
-@dataclass(frozen=True)
-class EvalPrompt:
-    id: str  # str(question_id); AlpacaEval rows have none: the 0-based row index, in the eval set's order
-    turns: list[str]  # the user turns (MT-Bench: 2, the others: 1)
-    meta: dict = field(default_factory=dict)  # "format" + the row's other fields (raw question_id, category, ...)
+from ..io import write_json, write_jsonl
+from ..prompts import Prompt
+from ..prompts import get as _get
+from ..prompts import read_rows as _rows
+from ..prompts import turn_text as _turn_text
 
 
 @dataclass(frozen=True)
@@ -29,117 +25,6 @@ class JudgePair:
     answer_2: str
     label: int  # 1: answer_1 is better, 2: answer_2 is better, 0: tie
     meta: dict = field(default_factory=dict)
-
-
-def _rows(path) -> list[tuple[str, dict]]:
-    # [(where, object)]: the lines of a JSONL file, or the items of a JSON list (AlpacaEval's own files)
-    path = Path(path)
-    if path.suffix != ".json":
-        return [(f"{path}:{i}", obj) for i, obj in read_jsonl(path)]
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"file not found: {path}") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise UserError(f"cannot read {path}: {e}") from None
-    if not isinstance(data, list) or not data or not all(isinstance(o, dict) for o in data):
-        raise UserError(f"{path}: expected a non-empty JSON list of objects")
-    return [(f"{path} item {k}", obj) for k, obj in enumerate(data)]
-
-
-_KIND = {str: "a string", int: "an integer", list: "a list", dict: "an object", (str, int): "a string or integer"}
-
-
-def _get(where: str, row: dict, key: str, kind=str):
-    if key not in row:
-        raise UserError(f"{where}: missing field {key!r}")
-    v = row[key]
-    if not isinstance(v, kind) or isinstance(v, bool):
-        raise UserError(f"{where}: field {key!r} must be {_KIND[kind]}, got {type(v).__name__}")
-    return v
-
-
-def _turn_text(where: str, turn) -> str:
-    # MT-Bench turns are strings; Arena-Hard turns are {"content": ..., ...}
-    if isinstance(turn, dict):
-        return _get(where, turn, "content")
-    if not isinstance(turn, str):
-        raise UserError(f"{where}: a turn must be a string or an object with 'content', got {type(turn).__name__}")
-    return turn
-
-
-def _meta(fmt: str, row: dict, *used: str) -> dict:
-    return {"format": fmt} | {k: v for k, v in row.items() if k not in used}
-
-
-# ---- prompt sets ----
-
-def _alpaca_prompt(k, where, row):
-    return EvalPrompt(str(k), [_get(where, row, "instruction")], _meta("alpaca_eval", row, "instruction"))
-
-
-def _question_reader(fmt):
-    def read(k, where, row):
-        qid = _get(where, row, "question_id", (str, int))
-        turns = _get(where, row, "turns", list)
-        if not turns:
-            raise UserError(f"{where}: 'turns' is empty")
-        return EvalPrompt(str(qid), [_turn_text(where, t) for t in turns], _meta(fmt, row, "turns"))
-    return read
-
-
-_ID_KEYS = ("id", "prompt_id", "key")  # the project's prompts, other tools' prompt files, IFEval
-
-
-def _plain_prompt(k, where, row):
-    key = next((key for key in _ID_KEYS if key in row), None)
-    pid = str(k) if key is None else str(_get(where, row, key, (str, int)))
-    return EvalPrompt(pid, [_get(where, row, "prompt")], _meta("prompts", row, "prompt"))
-
-
-PROMPT_READERS = {"alpaca_eval": _alpaca_prompt, "arena_hard": _question_reader("arena_hard"),
-                  "mt_bench": _question_reader("mt_bench"), "prompts": _plain_prompt}
-
-
-def detect_prompt_format(row: dict) -> str | None:
-    """From the fields of a file's first row: question_id + turns → arena_hard when the turns are objects,
-    mt_bench when they are strings; instruction → alpaca_eval; prompt → prompts; else None."""
-    if "question_id" in row and "turns" in row:
-        turns = row["turns"]
-        return "arena_hard" if isinstance(turns, list) and turns and isinstance(turns[0], dict) else "mt_bench"
-    if "instruction" in row:
-        return "alpaca_eval"
-    return "prompts" if "prompt" in row else None
-
-
-def read_prompts(path, format: str | None = None) -> list[EvalPrompt]:
-    rows = _rows(path)
-    if format is None:
-        format = detect_prompt_format(rows[0][1])
-        if format is None:
-            raise UserError(f"{rows[0][0]}: cannot tell the prompt format from fields {sorted(rows[0][1])}: "
-                            "expected 'instruction', 'question_id' + 'turns', or 'prompt'")
-    if format not in PROMPT_READERS:
-        raise UserError(f"unknown prompt format {format!r}: expected one of {', '.join(PROMPT_READERS)}")
-    prompts, seen = [], {}
-    for k, (where, row) in enumerate(rows):
-        p = PROMPT_READERS[format](k, where, row)
-        if p.id in seen:
-            raise UserError(f"{where}: duplicate prompt id {p.id!r} (first at {seen[p.id]})")
-        seen[p.id] = where
-        prompts.append(p)
-    return prompts
-
-
-def turn_messages(prompt: EvalPrompt, answers: Sequence[str]) -> list[dict]:
-    """Chat messages for generating answer number len(answers) + 1: every earlier turn with the model's own
-    answer in context (MT-Bench's second turn sees the first answer)."""
-    if len(answers) >= len(prompt.turns):
-        raise ValueError(f"prompt {prompt.id} has {len(prompt.turns)} turns, {len(answers)} already answered")
-    messages = []
-    for question, answer in zip(prompt.turns, answers):
-        messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
-    return messages + [{"role": "user", "content": prompt.turns[len(answers)]}]
 
 
 # ---- baseline answers ----
@@ -172,7 +57,7 @@ def read_reference_answers(path, turn: int = 0) -> dict[str, str]:
     return out
 
 
-def require_answers(prompts: Sequence[EvalPrompt], answers: Mapping, source: str) -> None:
+def require_answers(prompts: Sequence[Prompt], answers: Mapping, source: str) -> None:
     """Every prompt id must have an answer (extra answers are ignored: a run may use part of a set)."""
     missing = [p.id for p in prompts if p.id not in answers]
     if missing:
@@ -238,7 +123,7 @@ def answer_id(model_id: str, question_id, turns: Sequence[str]) -> str:
     return hashlib.sha256(key.encode("utf-8")).hexdigest()[:22]
 
 
-def _require_format(prompts: Sequence[EvalPrompt], fmt: str) -> None:
+def _require_format(prompts: Sequence[Prompt], fmt: str) -> None:
     # the official tools match answers to their own questions (AlpacaEval by instruction text): any other
     # prompt set would be scored against nothing
     for p in prompts:
@@ -247,7 +132,7 @@ def _require_format(prompts: Sequence[EvalPrompt], fmt: str) -> None:
                             f"{p.meta.get('format')!r}")
 
 
-def export_alpaca_eval(path, prompts: Sequence[EvalPrompt], answers: Mapping[str, str], generator: str) -> None:
+def export_alpaca_eval(path, prompts: Sequence[Prompt], answers: Mapping[str, str], generator: str) -> None:
     """AlpacaEval model_outputs.json: a JSON list of {instruction, output, generator, dataset}."""
     _require_format(prompts, "alpaca_eval")
     require_answers(prompts, answers, "the model's answers")
@@ -256,7 +141,7 @@ def export_alpaca_eval(path, prompts: Sequence[EvalPrompt], answers: Mapping[str
     write_json(path, rows)
 
 
-def export_arena_hard(path, prompts: Sequence[EvalPrompt], answers: Mapping[str, str], model_id: str,
+def export_arena_hard(path, prompts: Sequence[Prompt], answers: Mapping[str, str], model_id: str,
                       token_lens: Mapping[str, int], tstamp: float | None = None) -> None:
     """Arena-Hard v0.1 model_answer/<model_id>.jsonl, laid out like its gpt-4-0314 baseline file:
     {question_id, answer_id, model_id, choices: [{index: 0, turns: [{content, token_len}]}], tstamp}.
@@ -275,7 +160,7 @@ def export_arena_hard(path, prompts: Sequence[EvalPrompt], answers: Mapping[str,
     write_jsonl(path, rows)
 
 
-def export_mt_bench(path, prompts: Sequence[EvalPrompt], answers: Mapping[str, Sequence[str]], model_id: str,
+def export_mt_bench(path, prompts: Sequence[Prompt], answers: Mapping[str, Sequence[str]], model_id: str,
                     tstamp: float | None = None) -> None:
     """FastChat llm_judge model_answer/<model_id>.jsonl:
     {question_id, answer_id, model_id, choices: [{index: 0, turns: [answer_1, answer_2]}], tstamp}."""

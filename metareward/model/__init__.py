@@ -13,7 +13,7 @@ from .tiny import NAME as TINY
 from .tiny import tiny_random
 from .tokenizer import load_tokenizer
 
-__all__ = ["CausalLM", "ModelConfig", "load_model", "save_model", "resolve_device"]
+__all__ = ["CausalLM", "ModelConfig", "inspect_model", "load_model", "save_model", "resolve_device"]
 
 
 def resolve_device(device=None) -> torch.device:
@@ -26,6 +26,29 @@ def resolve_device(device=None) -> torch.device:
     if d.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"device {device} requested but CUDA is not available")
     return d
+
+
+def inspect_model(path, chat_template=None):
+    """(ModelConfig, tokenizer) of a model, its weight files checked but not loaded: what a run verifies
+    before it creates its output directory."""
+    if str(path) == TINY:
+        from .tokenizer import tiny_tokenizer
+        from .tiny import tiny_config
+        tok = tiny_tokenizer()
+        cfg = tiny_config(len(tok), tok.bos_token_id, tok.eos_token_id)
+    elif str(path).endswith(".gguf"):
+        model, tok = load_model(path, device="cpu")  # imported once, then read from the import cache
+        cfg = model.config
+    else:
+        from .checkpoint import inspect
+        p = Path(os.fspath(path)).expanduser()
+        if not p.is_dir():
+            raise UserError(f"model directory not found: {path}")
+        cfg, tok = inspect(p), load_tokenizer(p)
+    if chat_template is not None:
+        from .tokenizer import set_chat_template
+        set_chat_template(tok, chat_template)
+    return cfg, tok
 
 
 def load_model(path, dtype=None, device=None, chat_template=None, max_model_len: int | None = None):

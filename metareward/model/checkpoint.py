@@ -9,10 +9,11 @@ import tempfile
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from ..errors import UserError
+from ..io import publish_mode
 from .config import ModelConfig
 from .decoder import CausalLM
 
@@ -44,7 +45,11 @@ def read_json(path: Path) -> dict:
 def weight_files(path: Path) -> list[Path]:
     if (path / INDEX).is_file():
         index = read_json(path / INDEX)
-        files = sorted(set(index.get("weight_map", {}).values()))
+        wm = index.get("weight_map") if isinstance(index, dict) else None
+        files = sorted(set(wm.values())) if isinstance(wm, dict) else []
+        if any(not isinstance(f, str) or not f.endswith(".safetensors") for f in files):
+            raise UserError(f"{path / INDEX} names non-safetensors weight files ({', '.join(map(str, files[:3]))}); "
+                            "only .safetensors are read (a pickle can run code when loaded)")
         missing = [f for f in files if not (path / f).is_file()]
         if not files or missing:
             raise UserError(f"{path / INDEX} lists missing shards: {', '.join(missing) or '(none listed)'}")
@@ -63,6 +68,38 @@ def weight_files(path: Path) -> list[Path]:
     raise UserError(f"no .safetensors weights in {path}")
 
 
+def check_safetensors(f: Path) -> None:
+    """The file's header is read and checked against its size before any tensor is: a truncated download, a
+    pickle renamed .safetensors, or an empty file is an error naming the file, not a Rust panic."""
+    try:
+        size = f.stat().st_size
+        with open(f, "rb") as fh:
+            head = fh.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if not 2 <= n <= min(size - 8, 100 << 20):
+                raise UserError(f"{f} is not a safetensors file ({size} bytes; its header length field reads {n})")
+            header = json.loads(fh.read(n))
+    except OSError as e:
+        raise UserError(f"cannot read {f}: {e.strerror or e}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise UserError(f"{f} is not a safetensors file (its header is not JSON)") from None
+    ends = [t["data_offsets"][1] for k, t in header.items() if k != "__metadata__" and isinstance(t, dict)
+            and isinstance(t.get("data_offsets"), list) and len(t["data_offsets"]) == 2]
+    if not isinstance(header, dict) or len(ends) != len([k for k in header if k != "__metadata__"]):
+        raise UserError(f"{f} is not a safetensors file (malformed header)")
+    if 8 + n + max(ends, default=0) > size:
+        raise UserError(f"{f} is truncated: its header describes {8 + n + max(ends)} bytes, the file has {size}")
+
+
+def inspect(path: Path) -> ModelConfig:
+    """Everything about a model directory that can be checked without loading its weights: config.json,
+    the weight files and their headers. The run does this before it touches its output directory."""
+    cfg = load_config(path)
+    for f in weight_files(path):
+        check_safetensors(f)
+    return cfg
+
+
 def load_config(path: Path) -> ModelConfig:
     if not (path / "config.json").is_file():
         raise UserError(f"no config.json in model directory {path}")
@@ -79,14 +116,20 @@ def load_weights(path: Path, cfg: ModelConfig, dtype: torch.dtype, device: torch
     expected = {k for k in model.state_dict() if not (cfg.tie_word_embeddings and k == "lm_head.weight")}
     state = {}
     dev = str(device) if device.type != "cuda" or device.index is not None else "cuda:0"
-    for f in weight_files(path):
-        with safe_open(str(f), framework="pt", device=dev) as sf:
-            for name in sf.keys():
-                if name in expected:
-                    state[name] = sf.get_tensor(name).to(dtype)
-                elif not (name == "lm_head.weight" or name.endswith("rotary_emb.inv_freq")):
-                    raise UserError(f"unexpected tensor {name!r} in {f.name}: not a {cfg.model_type} checkpoint "
-                                    "this model understands")
+    files = weight_files(path)
+    for f in files:
+        check_safetensors(f)
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt", device=dev) as sf:
+                for name in sf.keys():
+                    if name in expected:
+                        state[name] = sf.get_tensor(name).to(dtype)
+                    elif not (name == "lm_head.weight" or name.endswith("rotary_emb.inv_freq")):
+                        raise UserError(f"unexpected tensor {name!r} in {f.name}: not a {cfg.model_type} "
+                                        "checkpoint this model understands")
+        except (SafetensorError, OSError) as e:
+            raise UserError(f"cannot read {f}: {' '.join(str(e).split())}") from None
     missing = sorted(expected - state.keys())
     if missing:
         raise UserError(f"checkpoint {path} is missing {len(missing)} tensors, e.g. {missing[0]}")
@@ -131,8 +174,11 @@ def write_checkpoint(state: dict[str, torch.Tensor], cfg: ModelConfig, tokenizer
         raise UserError(f"output exists and is not a directory: {path}")
     if path.exists() and any(path.iterdir()) and not overwrite:
         raise UserError(f"output directory {path} is not empty")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    except OSError as e:
+        raise UserError(f"cannot write the checkpoint {path}: {e.strerror or e}") from None
     try:
         shards = _shards(state, max_shard_bytes)
         meta = {"format": "pt"}
@@ -160,10 +206,15 @@ def write_checkpoint(state: dict[str, torch.Tensor], cfg: ModelConfig, tokenizer
             tokenizer.save_pretrained(str(tmp))
         for name, text in (extra_files or {}).items():
             (tmp / name).write_text(text)
+        for f in tmp.iterdir():
+            publish_mode(f)
+        publish_mode(tmp, directory=True)
         if path.exists():
             shutil.rmtree(path)
         os.rename(tmp, path)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) or isinstance(e, SafetensorError):  # a full or read-only disk
+            raise UserError(f"cannot write the checkpoint {path}: {getattr(e, 'strerror', None) or e}") from None
         raise
     return path

@@ -23,7 +23,22 @@ def _rows(path: Path) -> list[dict]:
 
 
 def _num(x, digits: int = 2) -> str:
-    return "" if x is None else f"{x:.{digits}f}"
+    return "n/a" if x is None else f"{x:.{digits}f}"
+
+
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{x:.1%}"
+
+
+def _winrate(w: dict | None) -> str:
+    if not w:
+        return "n/a"
+    ci = w.get("win_rate_ci95")
+    return f"{_num(w['win_rate'])}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "") + f" vs {w['baseline']}"
+
+
+def _ifeval(i: dict | None) -> str:
+    return "n/a" if not i else f"{_num(i['prompt_level_strict_acc'])} / {_num(i['inst_level_strict_acc'])}"
 
 
 def _scores(plt, run: Path, iters: list) -> object:
@@ -37,7 +52,7 @@ def _scores(plt, run: Path, iters: list) -> object:
     a.set(title="judgment scores (rounded)", xlabel="score", ylabel="judgments")
     a.legend(fontsize=8)
     b.plot(ts, [s["mean_score"] for _, s in iters], "o-", label="mean judgment score")
-    b.plot(ts, [s["invalid_judgment_rate"] * 5 for _, s in iters], "s--", label="invalid-judgment rate (x5)")
+    b.plot(ts, [(s["valid_judgment_rate"] or 0) * 5 for _, s in iters], "s--", label="valid-judgment rate (x5)")
     b.set(title="judge", xlabel="iteration", ylim=(0, 5.2))
     b.legend(fontsize=8)
     return fig
@@ -63,7 +78,7 @@ def _meta_judge(plt, run: Path, iters: list) -> object:
     ts = [t for t, _ in iters]
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 3.6))
     a.plot(ts, [s["first_shown_win_share"] for _, s in iters], "o-", label="wins by the judgment shown first")
-    a.plot(ts, [s["invalid_verdict_rate"] for _, s in iters], "s--", label="invalid verdicts")
+    a.plot(ts, [s["valid_verdict_rate"] for _, s in iters], "s--", label="valid verdicts")
     a.axhline(0.5, color="gray", lw=0.8)
     a.set(title="meta-judge position bias", xlabel="iteration", ylim=(0, 1))
     a.legend(fontsize=8)
@@ -109,20 +124,29 @@ def _stages(plt, run: Path, iters: list) -> object:
 
 
 def _eval(plt, run: Path, iters: list) -> object:
-    # held-out win rate per iteration, when the run evaluates
-    evals = [(t, s["eval"]) for t, s in iters if s.get("eval")]
-    if not evals:
+    # how the model moved: win rate against the baseline, IFEval, and its agreement as a judge with humans;
+    # M_0's measurements (eval_initial of iteration 1) are the points at iteration 0
+    points = [(0, iters[0][1].get("eval_initial") or {})] + [(t, s.get("eval") or {}) for t, s in iters]
+    series = {
+        "win rate": [(t, e["winrate"]["win_rate"], e["winrate"]["win_rate_ci95"]) for t, e in points
+                     if e.get("winrate")],
+        "IFEval prompt-strict": [(t, e["ifeval"]["prompt_level_strict_acc"],
+                                  e["ifeval"].get("prompt_level_strict_acc_ci95")) for t, e in points if e.get("ifeval")],
+        "IFEval inst-strict": [(t, e["ifeval"]["inst_level_strict_acc"],
+                                e["ifeval"].get("inst_level_strict_acc_ci95")) for t, e in points if e.get("ifeval")],
+        "judge agreement (pairwise)": [(t, e["judge_agreement"]["pairwise"]["accuracy"], None) for t, e in points
+                                       if e.get("judge_agreement")],
+    }
+    series = {k: [p for p in v if p[1] is not None] for k, v in series.items()}
+    if not any(series.values()):
         return None
-    fig, a = plt.subplots(figsize=(6, 3.6))
-    for key, label in (("win_rate", "win rate"), ("lc_win_rate", "length-controlled win rate")):
-        pts = [(t, e[key], e.get(f"{key}_ci95")) for t, e in evals if e.get(key) is not None]
+    fig, a = plt.subplots(figsize=(7, 3.8))
+    for label, pts in series.items():
         if pts:
             err = [[v - (c or [v, v])[0] for _, v, c in pts], [(c or [v, v])[1] - v for _, v, c in pts]]
-            a.errorbar([t for t, _, _ in pts], [v for _, v, _ in pts], yerr=err, fmt="o-", capsize=3,
-                       label=label)
+            a.errorbar([t for t, _, _ in pts], [v for _, v, _ in pts], yerr=err, fmt="o-", capsize=3, label=label)
     a.axhline(0.5, color="gray", lw=0.8)
-    base = iters[-1][1].get("eval_baseline") or "previous"
-    a.set(title=f"held-out win rate vs the {base} model (95% CI)", xlabel="iteration", ylim=(0, 1))
+    a.set(title="evaluation of M_t (95% CI; iteration 0: M_0)", xlabel="iteration", ylim=(0, 1))
     a.legend(fontsize=8)
     return fig
 
@@ -161,20 +185,36 @@ def report(run_dir: str | Path) -> Path:
         plt.close(fig)
         figs[name] = f"report/{name}.png"
 
-    rows = "".join(
-        f"<tr><td>{t}</td><td>{s['prompts']}</td><td>{s['mean_response_tokens']:.1f}</td>"
-        f"<td>{_num(s['mean_score'])}</td>"
-        f"<td>{s['invalid_judgment_rate']:.1%}</td><td>{s['first_shown_win_share']:.1%}</td>"
-        f"<td>{s['pairs']['actor']}</td><td>{s['pairs']['judge']}</td>"
-        f"<td>{_num((s['train'].get('final') or {}).get('loss'), 4)}</td></tr>" for t, s in iters)
+    cols = {  # per iteration: is the judge's signal usable, what was trained, how did the model move
+        "iteration": lambda t, s: t,
+        "trained": lambda t, s: "yes" if s.get("trained", True) else "NO",
+        "prompts": lambda t, s: s["prompts"],
+        "mean tokens": lambda t, s: _num(s["mean_response_tokens"], 1),
+        "valid judgments": lambda t, s: _pct(s["valid_judgment_rate"]),
+        "mean score ± sd": lambda t, s: f"{_num(s['mean_score'])} ± {_num(s['score_std'])}",
+        "valid verdicts": lambda t, s: _pct(s["valid_verdict_rate"]),
+        "first-shown wins": lambda t, s: _pct(s["first_shown_win_share"]),
+        "actor / judge pairs": lambda t, s: f"{s['pairs']['actor']} / {s['pairs']['judge']}",
+        "chosen / rejected tokens": lambda t, s: f"{_num(s['chosen_tokens_mean'], 0)} / "
+                                                 f"{_num(s['rejected_tokens_mean'], 0)}",
+        "DPO loss, acc": lambda t, s: f"{_num((s['train'].get('final') or {}).get('loss'), 4)}, "
+                                      f"{_num((s['train'].get('final') or {}).get('rewards/accuracies'))}",
+        "win rate vs baseline": lambda t, s: _winrate((s.get("eval") or {}).get("winrate")),
+        "IFEval prompt / inst strict": lambda t, s: _ifeval((s.get("eval") or {}).get("ifeval")),
+        "judge agreement": lambda t, s: _num(((s.get("eval") or {}).get("judge_agreement") or {})
+                                             .get("pairwise", {}).get("accuracy")),
+    }
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(f(t, s)))}</td>" for f in cols.values()) + "</tr>"
+                   for t, s in iters)
+    e0 = iters[0][1].get("eval_initial") or {}
+    initial = (f"<p>M_0: IFEval prompt / inst strict {html.escape(_ifeval(e0.get('ifeval')))}, judge agreement "
+               f"{_num((e0.get('judge_agreement') or {}).get('pairwise', {}).get('accuracy'))}</p>" if e0 else "")
     imgs = "".join(f'<h2>{html.escape(n)}</h2><img src="{src}" alt="{html.escape(n)}">' for n, src in figs.items())
     page = (f"<!doctype html><meta charset=utf-8><title>metareward run {html.escape(str(run))}</title>"
-            "<style>body{font-family:sans-serif;max-width:1150px;margin:auto}td,th{padding:2px 10px}"
-            "table{border-collapse:collapse}tr:nth-child(even){background:#f3f3f3}</style>"
-            f"<h1>metareward run: {html.escape(str(run))}</h1>"
-            "<table><tr><th>iteration</th><th>prompts</th><th>mean tokens</th><th>mean score</th>"
-            "<th>invalid judgments</th><th>first-shown wins</th><th>actor pairs</th><th>judge pairs</th>"
-            f"<th>final DPO loss</th></tr>{rows}</table>{imgs}")
+            "<style>body{font-family:sans-serif;max-width:1250px;margin:auto}td,th{padding:2px 8px}"
+            "table{border-collapse:collapse;font-size:90%}tr:nth-child(even){background:#f3f3f3}</style>"
+            f"<h1>metareward run: {html.escape(str(run))}</h1><table><tr>{head}</tr>{body}</table>{initial}{imgs}")
     with atomic_write(run / "report.html") as f:
         f.write(page)
     return run / "report.html"

@@ -1,71 +1,114 @@
-"""summary.json of one iteration, and the one-screen text printed at its end."""
+"""summary.json of one iteration, and the one-screen text printed at its end: is the judge's signal usable
+(valid scores, their spread, verdicts, position bias), what did the iteration train on, and how did the
+model move (the evaluation stage's numbers, when the run has one)."""
 from __future__ import annotations
 
+import math
 from collections import Counter
 
-from .stages import Context, fault_point
+from ..io import write_json
+from ..stage import Context, Stage
+from .rows import Judgment, Response
+
+
+def _share(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
+
+
+def _std(xs: list[float]) -> float | None:
+    if not xs:
+        return None
+    m = math.fsum(xs) / len(xs)
+    return math.sqrt(math.fsum((x - m) ** 2 for x in xs) / len(xs))
 
 
 def summary(ctx: Context) -> dict:
-    stages = ctx.info["stages"]  # this iteration's stage statistics from state.json
-    responses, judgments = ctx.rows("responses.jsonl"), ctx.rows("judgments.jsonl")
-    scores = [j["score"] for j in judgments if j["score"] is not None]
-    st = {k.split("/")[-1]: v for k, v in stages.items()}
+    st = ctx.stages  # this iteration's stage statistics, by stage name
+    responses = ctx.rows("responses.jsonl", Response)
+    judgments = ctx.rows("judgments.jsonl", Judgment)
+    scores = [j.score for j in judgments if j.score is not None]
+    meta, ap, jp, tr = st["meta_judge"], st["actor_pairs"], st["judge_pairs"], st["train"]
+    decided = jp["wins_first"] + jp["wins_second"]
     out = {
         "iteration": ctx.t,
+        "trained": tr["trained"],
         "prompts": st["actor"]["prompts"],
         "responses": len(responses),
-        "mean_response_tokens": sum(r["num_tokens"] for r in responses) / max(len(responses), 1),
-        "finish_reasons": dict(Counter(r["finish_reason"] for r in responses)),
+        "duplicate_responses": st["actor"].get("duplicates", 0),
+        "mean_response_tokens": _share(sum(r.num_tokens for r in responses), len(responses)),
+        "finish_reasons": dict(Counter(r.finish_reason for r in responses)),
         "judgments": len(judgments),
-        "invalid_judgment_rate": (len(judgments) - len(scores)) / max(len(judgments), 1),
-        "mean_score": sum(scores) / len(scores) if scores else None,
+        "valid_judgment_rate": _share(len(scores), len(judgments)),
+        "mean_score": _share(math.fsum(scores), len(scores)),
+        "score_std": _std(scores),
         "score_histogram": {str(b): sum(1 for s in scores if round(s) == b) for b in range(6)},
-        "unscored_responses": st["actor_pairs"]["unscored_responses"],
-        "battles": st["meta_judge"]["battles"],
-        "invalid_verdict_rate": st["meta_judge"]["invalid_verdicts"] / max(st["meta_judge"]["battles"], 1),
-        "position_weights": {k: st["judge_pairs"][k] for k in ("w1", "w2", "wins_first", "wins_second")},
-        "first_shown_win_share": (st["judge_pairs"]["wins_first"]
-                                  / max(st["judge_pairs"]["wins_first"] + st["judge_pairs"]["wins_second"], 1)),
-        "elo_spread_mean": st["judge_pairs"]["elo_spread_mean"],
-        "pairs": {"actor": st["actor_pairs"]["actor_pairs"], "judge": st["judge_pairs"]["judge_pairs"]},
-        "drops": {"actor": st["actor_pairs"]["actor_drops"], "judge": st["judge_pairs"]["judge_drops"]},
-        "train": st["train"],
-        "eval": st.get("eval", {}).get("eval"),
-        "eval_baseline": st.get("eval", {}).get("eval_baseline"),
+        "unscored_responses": ap["unscored_responses"],
+        "battles": meta["battles"],
+        "valid_verdict_rate": _share(meta["battles"] - meta["invalid_verdicts"], meta["battles"]),
+        "first_shown_win_share": _share(jp["wins_first"], decided),
+        "position_weights": {k: jp[k] for k in ("w1", "w2", "wins_first", "wins_second")},
+        "elo_spread_mean": jp["elo_spread_mean"],
+        "pairs": {"actor": ap["actor_pairs"], "judge": jp["judge_pairs"]},
+        "drops": {"actor": ap["actor_drops"], "judge": jp["judge_drops"]},
+        "chosen_tokens_mean": ap.get("chosen_tokens_mean"),
+        "rejected_tokens_mean": ap.get("rejected_tokens_mean"),
+        "train": tr,
+        "eval": st.get("eval"),
+        "eval_initial": st.get("eval_initial"),
         "stages": {name: {k: v[k] for k in ("seconds", "tokens_per_s", "prefix_cache_hit_rate") if k in v}
                    for name, v in st.items()},
     }
-    fault_point(f"iter_{ctx.t}/summary")
     if ctx.dist.is_main:
-        from ..io import write_json
         write_json(ctx.dir / "summary.json", out)
-    return {}
+    return {"trained": tr["trained"]}
 
 
-def _fmt(x) -> str:
-    return "n/a" if x is None else f"{x:.3f}"
+STAGE = Stage("summary", summary, None)
+
+
+def _f(x, fmt: str = ".3f") -> str:
+    return "n/a" if x is None else format(x, fmt)
+
+
+def _eval_lines(e: dict | None, who: str) -> list[str]:
+    if not e:
+        return []
+    lines = []
+    w = e.get("winrate")
+    if w:
+        ci = w.get("win_rate_ci95") or [None, None]
+        lines.append(f"{who} win rate vs {w['baseline']} {_f(w['win_rate'])} [{_f(ci[0])}, {_f(ci[1])}] "
+                     f"(LC {_f(w['lc_win_rate'])}, n {w['n']}, judge {w['judge']})")
+    i = e.get("ifeval")
+    if i:
+        lines.append(f"{who} IFEval prompt-strict {_f(i['prompt_level_strict_acc'])} inst-strict "
+                     f"{_f(i['inst_level_strict_acc'])} (n {i['n']})")
+    j = e.get("judge_agreement")
+    if j:
+        lines.append(f"{who} judge agreement ({j['data']}): pointwise {_f(j['pointwise']['accuracy'])}, pairwise "
+                     f"{_f(j['pairwise']['accuracy'])} (n {j['n']})")
+    return lines
 
 
 def render(s: dict) -> str:
     hist = " ".join(f"{k}:{v}" for k, v in s["score_histogram"].items())
-    tr = s["train"]
-    fin = tr.get("final") or {}
+    tr, fin = s["train"], s["train"].get("final") or {}
     lines = [
         f"── iteration {s['iteration']} " + "─" * 50,
-        f"prompts {s['prompts']}  responses {s['responses']} (mean {s['mean_response_tokens']:.1f} tokens, "
-        f"{s['finish_reasons']})",
-        f"judgments {s['judgments']}  invalid {s['invalid_judgment_rate']:.1%}  mean score "
-        + (f"{s['mean_score']:.2f}" if s["mean_score"] is not None else "n/a") + f"  histogram {hist}",
-        f"meta-judge battles {s['battles']}  invalid {s['invalid_verdict_rate']:.1%}  first-shown wins "
-        f"{s['first_shown_win_share']:.1%}  w1/w2 {s['position_weights']['w1']:.2f}/{s['position_weights']['w2']:.2f}",
-        f"pairs: actor {s['pairs']['actor']} (dropped {s['drops']['actor'] or 0})  judge {s['pairs']['judge']} "
-        f"(dropped {s['drops']['judge'] or 0})",
-        f"train on {tr.get('kinds')}: {tr.get('steps', 0)} steps, loss "
-        + (f"{fin['loss']:.4f}, reward accuracy {fin['rewards/accuracies']:.2f}" if fin.get("loss") is not None
-           else "n/a"),
-        *([f"eval vs the {'previous' if s['eval_baseline'] == 'previous' else 'initial'} model: win rate {s['eval']['win_rate']:.3f} "
-           f"(LC {_fmt(s['eval']['lc_win_rate'])}) over {s['eval']['n']} prompts"] if s.get("eval") else []),
+        f"prompts {s['prompts']}  responses {s['responses']} (mean {_f(s['mean_response_tokens'], '.1f')} tokens, "
+        f"{s['duplicate_responses']} duplicates, {s['finish_reasons']})",
+        f"judgments {s['judgments']}  valid {_f(s['valid_judgment_rate'], '.1%')}  mean score {_f(s['mean_score'], '.2f')}"
+        f" ± {_f(s['score_std'], '.2f')}  histogram {hist}",
+        f"meta-judge battles {s['battles']}  valid {_f(s['valid_verdict_rate'], '.1%')}  first-shown wins "
+        f"{_f(s['first_shown_win_share'], '.1%')}",
+        f"pairs: actor {s['pairs']['actor']} (dropped {s['drops']['actor'] or 0}; chosen/rejected "
+        f"{_f(s['chosen_tokens_mean'], '.0f')}/{_f(s['rejected_tokens_mean'], '.0f')} tokens)  judge "
+        f"{s['pairs']['judge']} (dropped {s['drops']['judge'] or 0})",
+        (f"train on {tr.get('kinds')}: {tr.get('steps', 0)} steps, loss {_f(fin.get('loss'), '.4f')}, reward "
+         f"accuracy {_f(fin.get('rewards/accuracies'), '.2f')}") if s["trained"] else
+        "NOT TRAINED: no pairs (see the warnings above)",
+        *_eval_lines(s.get("eval_initial"), "M_0"),
+        *_eval_lines(s.get("eval"), f"M_{s['iteration']}"),
         "stages: " + ", ".join(f"{k} {v['seconds']:.1f}s" + (f" {v['tokens_per_s']:.0f} tok/s" if "tokens_per_s" in v
                                                              else "") for k, v in s["stages"].items()),
     ]

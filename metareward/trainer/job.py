@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import DPOConfig
+from .config import DPOConfig
 from ..errors import UserError, warn
 from .data import TruncationWarning, load_pairs
 from .distributed import init_from_env, shard

@@ -14,9 +14,13 @@ import metareward.eval.serving as serving
 from metareward import load_model, save_model
 from metareward.cli import main
 from metareward.engine import Engine, SamplingParams
-from metareward.eval.templates import pairwise_prompt
+from metareward.judging import Judged, load_template, scores, verdicts
 from metareward.model.tokenizer import chat_ids
-from metareward.recipe.templates import load_template
+from metareward.prompts import Prompt
+
+
+def pairwise_prompt(q, a, b):
+    return load_template("pairwise").render(question=q, response_a=a, response_b=b)
 
 CI_KEYS = ("win_rate", "lc_win_rate", "position_consistency", "mean_len_model", "mean_len_baseline")
 ROW_KEYS = {"id", "question", "model_answer", "baseline_answer", "verdict_model_first", "verdict_baseline_first",
@@ -149,19 +153,15 @@ def test_winrate_judges_both_orders_with_the_answers_swapped(tmp_path, capsys, m
     base = jsonl(tmp_path / "base.jsonl", [{"id": p["id"], "response": f"Baseline says {k}."}
                                           for k, p in enumerate(PROMPTS[:3])])
     shown, raw = [], []  # (question, response A, response B) of every judge prompt; (A answers, verdicts)
-    real_prompt, real_pairwise = serving.pairwise_prompt, commands.pairwise
+    real_verdicts = commands.verdicts
 
-    def spy_prompt(q, a, b, template=None):
-        shown.append((q, a, b))
-        return real_prompt(q, a, b, template)
+    def spy(engine, items, *args, **kw):
+        got = real_verdicts(engine, items, *args, **kw)
+        shown.extend(items)
+        raw.append(([a for _, a, _ in items], [g[0].value if g else None for g in got]))
+        return got
 
-    def spy_pairwise(engine, questions, a, b, *args, **kw):
-        v, t = real_pairwise(engine, questions, a, b, *args, **kw)
-        raw.append((list(a), v))
-        return v, t
-
-    monkeypatch.setattr(serving, "pairwise_prompt", spy_prompt)
-    monkeypatch.setattr(commands, "pairwise", spy_pairwise)
+    monkeypatch.setattr(commands, "verdicts", spy)
     out = tmp_path / "out"
     ok(capsys, "eval", "winrate", "--model", "tiny-random", "--baseline", base, "--judge", "tiny-random",
        "--prompts", prompts, "--output", out, *WIN)
@@ -186,17 +186,17 @@ def test_winrate_counts_every_verdict_pair_by_the_rule(tmp_path, capsys, monkeyp
     prompts = jsonl(tmp_path / "p.jsonl", [{"id": i, "prompt": f"Case {i}?"} for i in ids])
     base = jsonl(tmp_path / "b.jsonl", [{"id": i, "response": f"case:{c}"} for i, c in zip(ids, cases)])
 
-    def judge(engine, questions, a, b, *args, **kw):
-        verdicts = []
-        for x, y in zip(a, b):
+    def judge(engine, items, *args, **kw):
+        out = []
+        for _, x, y in items:
             baseline_first = x.startswith("case:")
             code = (x if baseline_first else y)[5:][baseline_first]
             side = {"M": "model", "B": "baseline", "T": "tie", "N": None}[code]
             model_letter, baseline_letter = ("B", "A") if baseline_first else ("A", "B")
-            verdicts.append({"model": model_letter, "baseline": baseline_letter}.get(side, side))
-        return verdicts, [""] * len(a)
+            out.append([Judged("", {"model": model_letter, "baseline": baseline_letter}.get(side, side))])
+        return out
 
-    monkeypatch.setattr(commands, "pairwise", judge)
+    monkeypatch.setattr(commands, "verdicts", judge)
     out = tmp_path / "out"
     ok(capsys, "eval", "winrate", "--model", "tiny-random", "--baseline", base, "--judge", "tiny-random",
        "--prompts", prompts, "--output", out, *WIN)
@@ -277,13 +277,13 @@ def test_judge_prompts_at_the_context_limit_get_a_verdict_or_are_excluded(capsys
     fixed = length(pairwise_prompt("", "x", "y"))
     for extra, fits in ((0, True), (1, False)):
         q = "q" * (L - 1 - mt - len("\nWinner: ") - fixed + extra)  # byte-level: one token per character
-        v, _ = serving.pairwise(engine, [q], ["x"], ["y"], "expected", mt)
-        assert (v[0] is not None) == fits
+        got = verdicts(engine, [(q, "x", "y")], SamplingParams(temperature=0, max_tokens=mt), mode="expected")
+        assert (got[0] is not None and got[0][0].value is not None) == fits
     fixed = length(load_template("judge").render(question="", response="x"))
     for extra, fits in ((0, True), (1, False)):
         q = "q" * (L - 1 - mt - len("\nScore: ") - fixed + extra)
-        s = serving.pointwise(engine, [q], ["x"], "expected", mt)
-        assert (s[0] is not None) == fits
+        got = scores(engine, [(q, "x")], SamplingParams(temperature=0, max_tokens=mt), mode="expected")
+        assert (got[0] is not None and got[0][0].value is not None) == fits
     assert capsys.readouterr().err.count("leave no room for the answer in the context (2048 tokens)") == 2
 
 
@@ -500,14 +500,14 @@ def test_export_arena_hard(tmp_path, capsys, shared_data, tok):
 
 def test_export_mt_bench_second_turn_sees_the_first_answer(tmp_path, capsys, monkeypatch):
     calls = []  # (question id, answers so far, the messages built for the next turn)
-    real = serving.turn_messages
+    real = Prompt.messages
 
-    def spy(prompt, answers):
+    def spy(prompt, answers=()):
         messages = real(prompt, answers)
         calls.append((prompt.id, list(answers), messages))
         return messages
 
-    monkeypatch.setattr(serving, "turn_messages", spy)
+    monkeypatch.setattr(Prompt, "messages", spy)
     out = tmp_path / "mt.jsonl"
     ok(capsys, "eval", "export", "--model", "tiny-random", "--prompts", jsonl(tmp_path / "q.jsonl", MT),
        "--format", "mt_bench", "--output", out, "--max-tokens", "8")

@@ -4,10 +4,20 @@ from pathlib import Path
 import pytest
 
 from metareward.errors import UserError
-from metareward.eval.formats import (EvalPrompt, answer_id, detect_prompt_format, export_alpaca_eval,
-                                     export_arena_hard, export_mt_bench, read_judge_pairs, read_prompts,
-                                     read_reference_answers, require_answers, turn_messages)
-from metareward.eval.templates import load_pairwise_template, pairwise_prompt, parse_pairwise_verdict
+from metareward.eval.formats import (answer_id, export_alpaca_eval, export_arena_hard, export_mt_bench,
+                                     read_judge_pairs, read_reference_answers, require_answers)
+from metareward.judging import load_template
+from metareward.judging import parse_pairwise as parse_pairwise_verdict
+from metareward.prompts import Prompt, read_prompts
+from metareward.prompts import detect_format as detect_prompt_format
+
+
+def load_pairwise_template(path=None):
+    return load_template("pairwise", path)
+
+
+def pairwise_prompt(q, a, b, template=None):
+    return (template or load_pairwise_template()).render(question=q, response_a=a, response_b=b)
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
@@ -49,20 +59,20 @@ MT = [{"question_id": 81, "category": "writing", "turns": ["Write.", "Shorter."]
 
 def test_read_prompt_formats(tmp_path):
     a = read_prompts(jsonl(tmp_path / "a.jsonl", ALPACA))
-    assert [(p.id, p.turns) for p in a] == [("0", ["Name a color."]), ("1", ["Count to 3."])]
+    assert [(p.id, p.turns) for p in a] == [("0", ("Name a color.",)), ("1", ("Count to 3.",))]
     assert a[0].meta == {"format": "alpaca_eval", "dataset": "koala", "reference_output": "Blue."}
 
     h = read_prompts(jsonl(tmp_path / "h.jsonl", ARENA))
     assert [(p.id, p.turns, p.meta["format"], p.meta["question_id"]) for p in h] == [
-        ("q1", ["Hi?"], "arena_hard", "q1"), ("q2", ["Why?"], "arena_hard", "q2")]
+        ("q1", ("Hi?",), "arena_hard", "q1"), ("q2", ("Why?",), "arena_hard", "q2")]
 
     m = read_prompts(jsonl(tmp_path / "m.jsonl", MT))
-    assert m[1] == EvalPrompt("101", ["1+1?", "2+2?"], {"format": "mt_bench", "question_id": 101,
-                                                          "category": "math", "reference": ["2", "4"]})
+    assert (m[1].id, m[1].turns) == ("101", ("1+1?", "2+2?"))
+    assert m[1].meta == {"format": "mt_bench", "question_id": 101, "category": "math", "reference": ["2", "4"]}
 
     g = read_prompts(jsonl(tmp_path / "g.jsonl", [{"prompt": "p0"}, {"id": 7, "prompt": "p1"},
                                                   {"prompt_id": "x", "prompt": "p2", "source": "s"}]))
-    assert [(p.id, p.turns) for p in g] == [("0", ["p0"]), ("7", ["p1"]), ("x", ["p2"])]
+    assert [(p.id, p.turns) for p in g] == [("0", ("p0",)), ("7", ("p1",)), ("x", ("p2",))]
     assert g[2].meta == {"format": "prompts", "prompt_id": "x", "source": "s"}
     # an explicit format overrides detection
     assert read_prompts(tmp_path / "g.jsonl", format="prompts") == g
@@ -87,7 +97,7 @@ def test_bad_prompt_files(tmp_path):
         read_prompts(jsonl(tmp_path / "x.jsonl", [{"text": "hi"}]))
     with pytest.raises(UserError, match=r"b\.jsonl:2: missing field 'instruction'"):
         read_prompts(jsonl(tmp_path / "b.jsonl", [ALPACA[0], {"prompt": "x"}]))
-    with pytest.raises(UserError, match=r"c\.jsonl:1: field 'prompt' must be a string, got int"):
+    with pytest.raises(UserError, match=r"c\.jsonl:1: prompt must be a non-empty string or a list of"):
         read_prompts(jsonl(tmp_path / "c.jsonl", [{"prompt": 3}]))
     with pytest.raises(UserError, match=r"d\.jsonl:2: duplicate prompt id 'q1' \(first at .*d\.jsonl:1\)"):
         read_prompts(jsonl(tmp_path / "d.jsonl", [ARENA[0], ARENA[0]]))
@@ -103,13 +113,13 @@ def test_bad_prompt_files(tmp_path):
 
 
 def test_turn_messages():
-    p = EvalPrompt("1", ["first?", "second?"])
-    assert turn_messages(p, []) == [{"role": "user", "content": "first?"}]
-    assert turn_messages(p, ["one"]) == [{"role": "user", "content": "first?"},
-                                         {"role": "assistant", "content": "one"},
-                                         {"role": "user", "content": "second?"}]
+    p = Prompt("1", ("first?", "second?"), "f:1", history=({"role": "system", "content": "be brief"},))
+    assert p.messages() == [{"role": "system", "content": "be brief"}, {"role": "user", "content": "first?"}]
+    assert p.messages(["one"])[1:] == [{"role": "user", "content": "first?"},
+                                       {"role": "assistant", "content": "one"},
+                                       {"role": "user", "content": "second?"}]
     with pytest.raises(ValueError):
-        turn_messages(p, ["one", "two"])
+        p.messages(["one", "two"])
 
 
 def test_real_prompt_sets():
@@ -150,7 +160,7 @@ def test_reference_answers_synthetic(tmp_path):
 
 
 def test_require_answers_lists_missing_ids():
-    prompts = [EvalPrompt(str(i), ["q"]) for i in range(8)]
+    prompts = [Prompt(str(i), ("q",), "f") for i in range(8)]
     require_answers(prompts, {str(i): "a" for i in range(10)}, "b.jsonl")  # extras are fine
     with pytest.raises(UserError, match=r"7 of 8 prompt ids have no answer in b\.jsonl: 1, 2, 3, 4, 5, \.\.\.$"):
         require_answers(prompts, {"0": "a"}, "b.jsonl")

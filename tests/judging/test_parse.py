@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from metareward.recipe.scoring import (SCORE_CANDIDATES, expected_value, expected_winner, mean_score, parse_score,
+from metareward.judging.parse import (SCORE_CANDIDATES, expected_value, expected_winner, mean_score, parse_score,
                                        parse_winner)
 
 
@@ -56,6 +56,11 @@ def test_parse_score_accepts(text, want):
     "Score: 45",
     "Score: -1",
     "Score: -0.5",
+    "Score: -0",            # negative zero is not a score (it used to parse as -0.0)
+    "Score: -0.0",
+    "\u017fcore: 4",       # U+017F LATIN SMALL LETTER LONG S folds to "s" under Unicode IGNORECASE
+    "\u017fCORE: 4",
+    "Score: \uff14",        # a full-width digit is not an ASCII digit
     "Score: 4/10",          # another scale
     "Score: 4/50",
     "Score: 4 out of 10",

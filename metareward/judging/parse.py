@@ -1,13 +1,15 @@
-"""From judge and meta-judge text (or next-token log-probs) to numbers: scores, verdicts, response means.
+"""From a judge's text (or its next-token log-probs) to a value: the pointwise score, the meta-judge's winner,
+the pairwise judge's verdict; and a response's mean score.
 
-Score grammar (`parse` mode), case-insensitive. A marker is the word `score` (whole word, so "Total score:"
-counts and "Scores:" does not), optional markdown `*` `_`, then `:`. The LAST marker in the text decides.
+Score grammar (`parse` mode), case-insensitive in ASCII only (so "ſcore", with U+017F, is not "score"). A
+marker is the word `score` (whole word, so "Total score:" counts and "Scores:" does not), optional markdown
+`*` `_`, then `:`. The LAST marker in the text decides.
 What follows it must be, up to the end of its line:
 
     [markdown] NUMBER [ "/5" | "out of 5" ] [ "point" | "points" ] [markdown or "." or "!"]
 
-NUMBER is ASCII digits with an optional sign and decimal part ("3", "3.5", "+2"; not ".5", "4,5") and must
-lie in [0, 5]. Accepted: "Score: 4", "score: 3.5", "**Score:** 4", "**Score**: 4", "Score: **4**",
+NUMBER is ASCII digits with an optional "+" and decimal part ("3", "3.5", "+2"; not ".5", "4,5", "-0") and
+must lie in [0, 5]. Accepted: "Score: 4", "score: 3.5", "**Score:** 4", "**Score**: 4", "Score: **4**",
 "Score: 4/5", "Score: 4 out of 5", "Score: 4 points.", "Final score: 2", "Score:\n4".
 Rejected (None): "Score: 6", "Score: -1", "Score: 4/10", "Score: 4,5", "Score: <points>", "Score: 4 because
 ...", and a text whose last marker is followed by anything else: a judgment that ends in a malformed
@@ -24,7 +26,6 @@ import re
 from typing import Mapping, Sequence
 
 SCORE_MIN, SCORE_MAX = 0.0, 5.0
-SCORE_MODES = ("parse", "expected")
 # `expected` mode: what the caller appends to a finished judgment / meta-judgment before reading the
 # next-token distribution over the candidates.
 SCORE_PREFIX = "Score: "
@@ -32,11 +33,12 @@ SCORE_CANDIDATES = ("0", "1", "2", "3", "4", "5")
 WINNER_PREFIX = "Winner: Judgment "
 WINNER_CANDIDATES = ("A", "B")
 
-_FLAGS = re.IGNORECASE | re.MULTILINE
+# re.ASCII: with Unicode case folding, IGNORECASE would match "ſ" (U+017F) to "s" and "K" (U+212A) to "k"
+_FLAGS = re.IGNORECASE | re.MULTILINE | re.ASCII
 # Letter/digit lookarounds rather than \b: markdown's `_` is a word character ("__Score:__ 4").
 _SCORE_MARKER = re.compile(r"(?<![a-z0-9])score(?![a-z0-9])[ \t*_]*:", _FLAGS)
 _SCORE_VALUE = re.compile(
-    r"[\s*_`]*(?P<x>[+-]?[0-9]+(?:\.[0-9]+)?)"
+    r"[\s*_`]*(?P<x>\+?[0-9]+(?:\.[0-9]+)?)"
     r"(?:[ \t]*(?:/|out[ \t]+of)[ \t]*5(?:\.0+)?)?"
     r"(?:[ \t]*points?)?"
     r"[ \t*_`.!\r]*$", _FLAGS)
@@ -64,6 +66,21 @@ def parse_winner(text: str) -> str | None:
     if m is None:
         return None
     return "first" if m.group("w").upper() == "A" else "second"
+
+
+# A line "Winner: A" / "Winner: B" / "Winner: tie", tolerating markdown around it ("**Winner:** A") and
+# "Response A"; the letter must stand alone, so "Winner: Alice" is not a verdict.
+_VERDICT = re.compile(r"^[\s*_#>`-]*winner\s*[*_]*\s*[:：]\s*[*_`\"'(\[]*\s*(?:response\s+)?(a|b|tie)\b",
+                      re.IGNORECASE | re.MULTILINE | re.ASCII)
+
+
+def parse_pairwise(text: str) -> str | None:
+    """"A", "B" or "tie" from the last verdict line of the pairwise judge's reply; None when there is none."""
+    found = _VERDICT.findall(text)
+    if not found:
+        return None
+    v = found[-1].lower()
+    return "tie" if v == "tie" else v.upper()
 
 
 def expected_value(logprobs: Mapping[int | str, float] | Sequence[float]) -> float | None:

@@ -5,8 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from metareward.errors import UserError
-from metareward.recipe.scoring import parse_score
-from metareward.recipe.templates import ROLES, default_path, load_template, render
+from metareward.judging.parse import parse_score
+from metareward.judging.templates import ROLES, default_path, load_template, render
 
 
 @pytest.mark.parametrize("role", list(ROLES))

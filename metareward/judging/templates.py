@@ -1,6 +1,6 @@
 """Prompt templates of the judge and the meta-judge: plain text files with named placeholders.
 
-The defaults live in recipe/templates/<role>.txt; a user replaces one by passing the path of their own file.
+The defaults live in judging/templates/<role>.txt; a user replaces one by passing the path of their own file.
 A template must contain every placeholder of its role (ROLES). The rubric is written out in full in both
 default files (no include mechanism), so that each file is exactly the text its role sees; whoever edits
 the rubric edits both.
