@@ -94,6 +94,10 @@ def test_checks_are_deterministic():
     r = {"key": 1, "prompt": "p", "instruction_id_list": ["language:response_language", "change_case:english_lowercase"],
          "kwargs": [{"language": "en"}, {}]}
     assert len({str(check(r, "good morning")) for _ in range(40)}) == 1
+    # a "letter" that is not a letter (IFEval keys 1122, 1129) makes the checker draw a random one: here a pass
+    # for a-m, a fail for n-z
+    r = row("keywords:letter_frequency", {"letter": "!", "let_relation": "at least", "let_frequency": 6})
+    assert len({str(check(r, "abcdefghijklm " * 6)) for _ in range(40)}) == 1
 
 
 def test_punkt_is_local(tmp_path, monkeypatch):
