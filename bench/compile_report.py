@@ -190,6 +190,9 @@ def configurations() -> list[tuple[str, dict, torch.dtype, object]]:
     for V in (32000, 128256, 151936):  # Llama-2, Llama-3, Qwen2 vocabularies; B=256 (the sampling benchmark)
         for dtype in (FP32, BF16):
             out.append(("sample", dict(B=256, V=V), dtype, lambda V=V, d=dtype: _sample(256, V, d)))
+    # one row: pass 1 split over 32 programs (the same binaries: the batch size is not specialized); fp16 logits
+    out.append(("sample", dict(B=1, V=128256), BF16, lambda: _sample(1, 128256, BF16)))
+    out.append(("sample", dict(B=256, V=128256), FP16, lambda: _sample(256, 128256, FP16)))
     for D in (64, 128, 256):  # decode: batch 256, context 2048, 8 kv heads, pages of 16 tokens
         for group in (1, 4, 8):
             for dtype in (BF16, FP16, FP32):
@@ -209,7 +212,11 @@ def configurations() -> list[tuple[str, dict, torch.dtype, object]]:
 
 # ----------------------------------------------------------------------------------------------- discovery
 def discover_kernels() -> dict[str, str]:
-    """{kernel name: module} for every @triton.jit function in the kernel package that no other one calls."""
+    """{kernel name: module} for every @triton.jit function in the kernel package that no other one names
+    (calls, or passes as a reduction's combine function; names in comments do not count)."""
+    import ast
+    import textwrap
+
     from triton.runtime.jit import JITFunction
     package = importlib.import_module(KERNEL_PACKAGE)
     kernels = {}
@@ -217,10 +224,12 @@ def discover_kernels() -> dict[str, str]:
         module = importlib.import_module(f"{KERNEL_PACKAGE}.{info.name}")
         jitted = {name: obj for name, obj in vars(module).items()
                   if isinstance(obj, JITFunction) and obj.fn.__module__ == module.__name__}
+        named = {}  # jit function -> the names its body uses
         for name, fn in jitted.items():
-            called = any(re.search(rf"\b{re.escape(fn.__name__)}\s*\(", other.src)
-                         for other_name, other in jitted.items() if other_name != name)
-            if not called:
+            tree = ast.parse(textwrap.dedent(fn.src))
+            named[name] = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+        for name, fn in jitted.items():
+            if not any(fn.__name__ in used for other, used in named.items() if other != name):
                 kernels[fn.__name__] = module.__name__
     return kernels
 

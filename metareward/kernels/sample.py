@@ -6,24 +6,29 @@ so the token is a function of the kept set alone, however it is found: the sort-
 depends on its batch, and the torch reference draws the very same token (bit for bit in the interpreter; on the GPU
 the kernel's approximate exp/log can flip a near-tie in the last ulp).
 
-Every filter keeps {i : z_i >= tau}, so the kernel's job is to find tau exactly while reading the row few times
-(fp32, V=128256: 513 KB a row; B=256 is 131 MB, ~33 us a pass on an H200). One program per row, BLOCK-wide tiles:
-  pass 1 (always): raw max / logsumexp (logprobs), tempered mass S, tile maxima, lane maxima, and (unless the row
-    has top-k) the Gumbel argmax over every token. Greedy rows and rows without filters end here: 1 pass.
-  pass 2 (top-k; top-p or min-p when few tokens can survive): the BLOCK lane maxima bound tau from below (the k
-    largest lane maxima are k distinct tokens, so the k-th of them <= the k-th largest z; lane maxima that already
-    carry p*S of the mass cut everything below them). The pass gathers every token above that bound (~1.4k for
-    k=1000 over 2048 lanes; at most S*e^(max-q) for top-p/min-p) into CAP slots; in registers, bisection on the
-    float bits then gives the exact k-th value and top-p cut: 2 passes.
+Every filter keeps {i : z_i >= tau}, so the kernels' job is to find tau exactly while reading the row few times
+(fp32, V=128256: 513 KB a row; B=256 is 131 MB, ~33 us a pass on an H200).
+  pass 1 (_pass1_kernel, always): the row in CHUNK-wide chunks, spread over up to one program per chunk when the
+    batch alone cannot fill the GPU (B=1 runs 32 programs at V=128256, not 1). Per chunk: raw max, sum of exp
+    (logsumexp for the log-probs), tempered mass (top-p rows), group maxima of z, and (unless the row has top-k)
+    the Gumbel argmax. A chunk's results depend on the chunk alone, and _sample_kernel merges them in one fixed
+    order, so the split never changes a bit. Greedy rows and rows without filters end here: 1 pass.
+  pass 2 (top-k; top-p or min-p when few tokens can survive): the group maxima (disjoint groups of tokens) bound
+    tau from below (the k largest are k distinct tokens, so the k-th of them <= the k-th largest z; maxima that
+    already carry p*S of the mass cut everything below them). The pass gathers every token above that bound into
+    CAP slots; in registers, bisection on the float bits then gives the exact k-th value and top-p cut: 2 passes.
   otherwise (flat top-p, small min-p, overflow): rejection rounds. A pass checks the candidate c (mass above z_c)
     and takes the next candidate, the Gumbel argmax over {z > z_c}; c is kept with probability >= top_p, so top-p
     0.9 costs ~2.1 passes, min-p alone <= 2. The pivot z_c strictly increases: <= V rounds, always terminates.
   top-k whose candidates overflowed CAP (k > CAP/2, heavy ties): the exact k-th value by bisection on the row,
     both ends snapped to token values (<= 33 counting passes, rare), then the rejection rounds.
-Passes after the first skip tiles whose maximum (kept from pass 1) is below the current bound: on peaked LLM
-logits they read a few tiles, not the row. Compute per element is what keeps pass 1 near the memory rate: the
-noise (a 32-bit hash and two logs) costs about as much as the rest of the pass, so top-k rows, which draw from
-the gathered set anyway, skip it, and on the GPU the logs are lg2.approx (the noise needs no last-ulp accuracy).
+Passes after the first skip tiles whose chunk maximum (from pass 1, one load) is below the current bound: on
+peaked LLM logits they read a few chunks, not the row. Compute per element is what keeps pass 1 near the memory
+rate: the noise (a 32-bit hash and two logs) costs about as much as the rest of the pass, so top-k rows, which
+draw from the gathered set anyway, skip it, a chunk whose max z + the largest possible noise cannot beat the best
+key already seen skips it (exact: its tokens cannot win), rows without top-p (or at temperature 1) skip the
+tempered sum, a chunk takes one max, one (sum, sum) and one (key, index) reduction, no per-tile ones, and on the
+GPU the logs are lg2.approx (the noise needs no last-ulp accuracy).
 Sorting (the torch reference; FlashInfer's top-k mask + softmax + rejection) reads and writes the row many times.
 """
 from __future__ import annotations
@@ -43,6 +48,9 @@ _M32 = 0xFFFFFFFF
 _MUL1, _MUL2, _SALT_A, _SALT_B = 0x21F0AAAD, 0x735A2D97, 0x2545F491, 0x1B873593  # < 2**31: int32 literals in Triton
 _THIRD = 0.3333333432674408  # float32(1/3), spelled out so both paths round nothing
 _jit = triton.jit if HAS_TRITON else (lambda fn: fn)
+# the batch size and the programs per row are plain runtime ints in the kernels (Triton would compile a B == 1 /
+# per_prog == 1 variant): one binary for every batch size computes a row's floats the very same way
+_kernel = triton.jit(do_not_specialize=["B", "per_prog"]) if HAS_TRITON else (lambda fn: fn)
 _NEG, _POS = (tl.constexpr(NEG), tl.constexpr(POS)) if HAS_TRITON else (NEG, POS)  # globals a kernel may read
 
 
@@ -190,14 +198,8 @@ def _gumbel(idx, ka, kb, FAST: tl.constexpr):  # idx: [1, BLOCK] or [R, CAP] tok
 
 
 @_jit
-def _argmax(key, idx):  # [R, N] -> [R, 1]: the lowest index among the maxima
-    top = tl.max(key, axis=1, keep_dims=True)
-    return tl.min(tl.where(key == top, idx, 2147483647), axis=1, keep_dims=True)
-
-
-@_jit
-def _tile_max(tmax, b, NB: tl.constexpr):  # [R, NB] -> [R, 1]: max z of tile b
-    return tl.max(tl.where(tl.arange(0, NB)[None, :] == b, tmax, _NEG), axis=1, keep_dims=True)
+def _argmax(key, idx, ONE: tl.constexpr):  # [R, N] -> [R, 1]: the lowest index among the maxima
+    return _argmax2(key, idx, ONE)[1]
 
 
 @_jit
@@ -206,36 +208,105 @@ def _ordered(f):  # float32 <-> int32 whose signed order is the float order (an 
     return b ^ ((b >> 31) & 0x7FFFFFFF)
 
 
+G_MAX = 23.0  # > the largest noise _gumbel can return: -log(E) at E = w = 2^-33 (the smallest w) is 22.87
+_G_MAX = tl.constexpr(G_MAX) if HAS_TRITON else G_MAX
+
+
 @_jit
-def _pass1(row, V, ok, inv_t, greedy, ka, kb, R: tl.constexpr, BLOCK: tl.constexpr, NB: tl.constexpr,
-           NOISE: tl.constexpr, FAST: tl.constexpr):  # without NOISE the argmax is of z (greedy rows need no more)
-    cols = tl.arange(0, BLOCK)[None, :]
-    m = tl.full([R, 1], _NEG, tl.float32)  # running raw max
-    s_x = tl.zeros([R, BLOCK], tl.float32)  # per-lane sums of exp(x - m): one reduction at the end, not per tile
-    s_z = tl.zeros([R, BLOCK], tl.float32)  # per-lane sums of exp(z - m * inv_t)
-    lane = tl.full([R, BLOCK], _NEG, tl.float32)
-    best = tl.full([R, BLOCK], _NEG, tl.float32)
-    best_i = tl.zeros([R, BLOCK], tl.int32)
-    tmax = tl.full([R, NB], _NEG, tl.float32)
-    for b in range(0, tl.cdiv(V, BLOCK)):
-        idx = b * BLOCK + cols
-        x = tl.load(row + idx, mask=ok & (idx < V), other=_NEG).to(tl.float32)
-        z = x * inv_t
-        bm = tl.max(x, axis=1, keep_dims=True)
-        m_new = tl.maximum(m, bm)
-        m0 = tl.where(m_new == _NEG, 0.0, m_new)  # keeps exp() finite while a row has seen only -inf
-        s_x = s_x * tl.exp(m - m0) + _exp(x - m0, FAST)
-        s_z = s_z * tl.exp(m * inv_t - m0 * inv_t) + _exp(z - m0 * inv_t, FAST)
-        m = m_new
-        tmax = tl.where(tl.arange(0, NB)[None, :] == b, bm * inv_t, tmax)
-        lane = tl.maximum(lane, z)
+def _argmax2(key, idx, ONE: tl.constexpr):  # [R, N] -> ([R, 1] max key, [R, 1] lowest index among the maxima)
+    if ONE:  # GPU: one reduction of (key, index) pairs instead of a max and then a masked min
+        return tl.reduce((key, tl.broadcast_to(idx, key.shape)), 1, _argmax_combine, keep_dims=True)
+    else:  # the interpreter runs a custom combine in Python, pair by pair: numpy's max and min instead
+        top = tl.max(key, axis=1, keep_dims=True)
+        return top, tl.min(tl.where(key == top, idx, 2147483647), axis=1, keep_dims=True)
+
+
+@_jit
+def _argmax_combine(k0, i0, k1, i1):
+    take = (k1 > k0) | ((k1 == k0) & (i1 < i0))
+    return tl.where(take, k1, k0), tl.where(take, i1, i0)
+
+
+@_jit
+def _add2(a0, b0, a1, b1):
+    return a0 + a1, b0 + b1
+
+
+@_jit
+def _chunk_stats(x, idx, ok, inv_t, greedy, noisy, need_sz, gbest, ka, kb, R: tl.constexpr, CHUNK: tl.constexpr,
+                 G: tl.constexpr, FAST: tl.constexpr):
+    # x: [R, CHUNK] raw logits of one chunk (-inf past V) -> its max, sum exp(x - max), sum exp(z - max * inv_t),
+    # Gumbel argmax (key, index), group maxima [R, G] of z. One max, one (sum, sum) and one (max, index) reduction
+    # for the whole chunk: no per-tile reduction and no running rescale.
+    z = x * inv_t
+    m = tl.max(x, axis=1, keep_dims=True)
+    m0 = tl.where(m == _NEG, 0.0, m)  # a chunk of -inf only: every exp below is 0, not NaN
+    if tl.max(need_sz.to(tl.int32)) > 0:  # top-p rows away from temperature 1 need the tempered mass too
+        if FAST:  # one reduction of both sums (the interpreter runs a custom combine in Python: two sums there)
+            s_x, s_z = tl.reduce((_exp(x - m0, FAST), _exp(z - m0 * inv_t, FAST)), 1, _add2, keep_dims=True)
+        else:
+            s_x = tl.sum(_exp(x - m0, FAST), axis=1, keep_dims=True)
+            s_z = tl.sum(_exp(z - m0 * inv_t, FAST), axis=1, keep_dims=True)
+        s_z = tl.where(need_sz, s_z, s_x)
+    else:
+        s_x = tl.sum(_exp(x - m0, FAST), axis=1, keep_dims=True)
+        s_z = s_x
+    # the draw: greedy rows take argmax z; a sampled row's key is z + noise, and the noise (a hash and two logs an
+    # element, the bulk of the pass's arithmetic) is skipped for a chunk none of whose keys can beat the best key
+    # this program has already seen (z <= max z, noise < G_MAX): the row's winner is never in such a chunk
+    best = tl.full([R, 1], _NEG, tl.float32)
+    best_i = tl.full([R, 1], 2147483647, tl.int32)
+    drawing = ok & (greedy | (noisy & (m * inv_t + _G_MAX >= gbest)))
+    if tl.max(drawing.to(tl.int32)) > 0:
         key = z
-        if NOISE:
+        if tl.max((drawing & ~greedy).to(tl.int32)) > 0:
             key = tl.where(greedy, z, z + _gumbel(idx, ka, kb, FAST))
-        best_i = tl.where(key > best, idx, best_i)
-        best = tl.maximum(key, best)
-    lse = m + tl.log(tl.sum(s_x, axis=1, keep_dims=True))
-    return m, lse, tl.sum(s_z, axis=1, keep_dims=True), lane, tmax, _argmax(best, best_i)
+        best, best_i = _argmax2(tl.where(drawing, key, _NEG), idx, FAST)
+    groups = tl.max(tl.reshape(z, [R, G, CHUNK // G]), axis=2)
+    return m, s_x, s_z, best, best_i, groups
+
+
+@_kernel
+def _pass1_kernel(logits, stride, temp_p, k_p, p_p, seed_p, off_p, part, part_i, lanes, B, V, NC, per_prog,
+                  R: tl.constexpr, CHUNK: tl.constexpr, G: tl.constexpr, FAST: tl.constexpr):
+    # program (row block, p): chunks [p * per_prog, (p + 1) * per_prog) of the rows' logits, CHUNK columns each.
+    # Per chunk it writes part[row, c] = (max x, sum exp(x - max), tempered sum, best key), part_i[row, c] = the
+    # best key's token, and lanes[row, c * G:(c + 1) * G] = group maxima of z. Every value depends on the chunk
+    # alone, so how many programs share a row (more when the batch is small) never changes a result.
+    rows = tl.program_id(0) * R + tl.arange(0, R)[:, None]  # [R, 1]
+    ok = rows < B
+    row = logits + rows.to(tl.int64) * stride
+    t = tl.load(temp_p + rows, mask=ok, other=1.0)
+    greedy = ~(t > 0)
+    inv_t = tl.where(greedy, 1.0, 1.0 / t)
+    k = tl.load(k_p + rows, mask=ok, other=0)
+    p_on = ~greedy & (tl.load(p_p + rows, mask=ok, other=1.0) < 1.0)
+    noisy = ok & ~greedy & ~((k > 0) & (k < V))  # a row that may keep its pass-1 draw (top-k rows never do)
+    need_sz = ok & p_on & (inv_t != 1.0)  # at temperature 1, z == x: the tempered sum is the raw one
+    ka, kb = _row_keys(tl.load(seed_p + rows, mask=ok, other=0), tl.load(off_p + rows, mask=ok, other=0))
+    cols = tl.arange(0, CHUNK)[None, :]
+    gcols = tl.arange(0, G)[None, :]
+    c0 = tl.program_id(1) * per_prog
+    c1 = tl.minimum(c0 + per_prog, NC)
+    end = tl.minimum(c1 * CHUNK, V)  # past this program's last column (a scalar in the mask: the interpreter
+    gbest = tl.full([R, 1], _NEG, tl.float32)  # turns `int1 tensor & int1 scalar` into int32, so compare columns)
+    x_next = tl.load(row + c0 * CHUNK + cols, mask=ok & (c0 * CHUNK + cols < end), other=_NEG)
+    for c in range(c0, c1):
+        idx = c * CHUNK + cols
+        x = x_next.to(tl.float32)
+        # the next chunk's load goes out before this chunk's arithmetic: its latency hides behind it
+        x_next = tl.load(row + idx + CHUNK, mask=ok & (idx + CHUNK < end), other=_NEG)
+        m, s_x, s_z, best, best_i, groups = _chunk_stats(x, idx, ok, inv_t, greedy, noisy, need_sz, gbest, ka, kb,
+                                                         R, CHUNK, G, FAST)
+        gbest = tl.maximum(gbest, best)
+        base = (rows * NC + c) * 4
+        tl.store(part + base, m, mask=ok)
+        tl.store(part + base + 1, s_x, mask=ok)
+        tl.store(part + base + 2, s_z, mask=ok)
+        tl.store(part + base + 3, best, mask=ok)
+        tl.store(part_i + rows * NC + c, best_i, mask=ok)
+        tl.store(lanes + rows * (NC * G) + c * G + gcols, groups, mask=ok)
+
 
 
 @_jit
@@ -261,12 +332,17 @@ def _search(v, w, target, hi, STRICT: tl.constexpr):
 
 
 @_jit
-def _gather(row, V, inv_t, q, on, tmax, slots, R: tl.constexpr, BLOCK: tl.constexpr, NB: tl.constexpr,
-            CAP: tl.constexpr):  # writes the ids of the tokens with z >= q into slots; returns how many there are
+def _chunk_max(part, rows, ok, NC, b, inv_t, TPC: tl.constexpr):  # [R, 1] max z of the chunk holding tile b
+    return tl.load(part + (rows * NC + b // TPC) * 4, mask=ok, other=_NEG) * inv_t
+
+
+@_jit
+def _gather(row, V, inv_t, q, on, part, rows, ok, NC, slots, R: tl.constexpr, BLOCK: tl.constexpr,
+            TPC: tl.constexpr, CAP: tl.constexpr):  # writes the ids of the tokens with z >= q into slots; returns how many
     cols = tl.arange(0, BLOCK)[None, :]
     n = tl.zeros([R, 1], tl.int32)
     for b in range(0, tl.cdiv(V, BLOCK)):
-        go = on & (_tile_max(tmax, b, NB) >= q)
+        go = on & (_chunk_max(part, rows, ok, NC, b, inv_t, TPC) >= q)
         if tl.max(go.to(tl.int32)) > 0:
             idx = b * BLOCK + cols
             x = tl.load(row + idx, mask=go & (idx < V), other=_NEG).to(tl.float32)
@@ -292,11 +368,12 @@ def _finish(row, inv_t, mz, S, k, k_on, p, p_on, tau_m, n, on, slots, ka, kb, CA
     t_p = _search(z, w, p * mass, hi, True) + 1
     tau_p = tl.where(p_on, tl.minimum(_ordered(t_p.to(tl.int32)).to(tl.float32, bitcast=True), mz), _NEG)
     tau = tl.maximum(tl.maximum(tau_k, tau_p), tau_m)
-    return _argmax(tl.where(valid & (z >= tau), z + _gumbel(idx, ka, kb, FAST), _NEG), idx)
+    return _argmax(tl.where(valid & (z >= tau), z + _gumbel(idx, ka, kb, FAST), _NEG), idx, FAST)
 
 
 @_jit
-def _count(row, V, inv_t, mz, lo, mid, on, tmax, R: tl.constexpr, BLOCK: tl.constexpr, NB: tl.constexpr):
+def _count(row, V, inv_t, mz, lo, mid, on, part, rows, ok, NC, R: tl.constexpr, BLOCK: tl.constexpr,
+           TPC: tl.constexpr):
     # over z >= lo: #(z >= mid), mass(z >= mid), mass(z >= lo), min{z >= mid}, max{z < mid}
     cols = tl.arange(0, BLOCK)[None, :]
     c = tl.zeros([R, BLOCK], tl.int32)
@@ -305,7 +382,7 @@ def _count(row, V, inv_t, mz, lo, mid, on, tmax, R: tl.constexpr, BLOCK: tl.cons
     mn = tl.full([R, BLOCK], _POS, tl.float32)
     mx = tl.full([R, BLOCK], _NEG, tl.float32)
     for b in range(0, tl.cdiv(V, BLOCK)):
-        go = on & (_tile_max(tmax, b, NB) >= lo)
+        go = on & (_chunk_max(part, rows, ok, NC, b, inv_t, TPC) >= lo)
         if tl.max(go.to(tl.int32)) > 0:
             idx = b * BLOCK + cols
             z = tl.load(row + idx, mask=go & (idx < V), other=_NEG).to(tl.float32) * inv_t
@@ -322,7 +399,8 @@ def _count(row, V, inv_t, mz, lo, mid, on, tmax, R: tl.constexpr, BLOCK: tl.cons
 
 
 @_jit
-def _bisect(row, V, inv_t, mz, k, lo, on, tmax, R: tl.constexpr, BLOCK: tl.constexpr, NB: tl.constexpr):
+def _bisect(row, V, inv_t, mz, k, lo, on, part, rows, ok, NC, R: tl.constexpr, BLOCK: tl.constexpr,
+            TPC: tl.constexpr):
     # tau_k (the k-th largest z) and the mass at or above it. Invariant: lo <= tau_k <= hi, both token values
     # (or lo = -inf); each pass halves (lo, hi] in ordered-bit space and snaps the moved end to a token value.
     hi = mz
@@ -331,7 +409,7 @@ def _bisect(row, V, inv_t, mz, k, lo, on, tmax, R: tl.constexpr, BLOCK: tl.const
     while (tl.max(on.to(tl.int32)) > 0) & (it < 40):
         a = _ordered(lo).to(tl.int64)
         mid = _ordered((a + ((_ordered(hi).to(tl.int64) - a + 1) >> 1)).to(tl.int32)).to(tl.float32, bitcast=True)
-        c, w_mid, w_lo, mn, mx = _count(row, V, inv_t, mz, lo, mid, on, tmax, R, BLOCK, NB)
+        c, w_mid, w_lo, mn, mx = _count(row, V, inv_t, mz, lo, mid, on, part, rows, ok, NC, R, BLOCK, TPC)
         up = on & (c >= k)
         mass = tl.where(on, tl.where(up, w_mid, w_lo), mass)
         lo = tl.where(up, mn, lo)
@@ -342,14 +420,14 @@ def _bisect(row, V, inv_t, mz, k, lo, on, tmax, R: tl.constexpr, BLOCK: tl.const
 
 
 @_jit
-def _reject(row, V, inv_t, mz, q, piv, on, tmax, ka, kb, R: tl.constexpr, BLOCK: tl.constexpr, NB: tl.constexpr,
-            FAST: tl.constexpr):  # over {z >= q, z > piv}: its mass and its Gumbel argmax (the next candidate)
+def _reject(row, V, inv_t, mz, q, piv, on, part, rows, ok, NC, ka, kb, R: tl.constexpr, BLOCK: tl.constexpr,
+            TPC: tl.constexpr, FAST: tl.constexpr):  # over {z >= q, z > piv}: its mass and its Gumbel argmax
     cols = tl.arange(0, BLOCK)[None, :]
     s = tl.zeros([R, BLOCK], tl.float32)
     best = tl.full([R, BLOCK], _NEG, tl.float32)
     best_i = tl.zeros([R, BLOCK], tl.int32)
     for b in range(0, tl.cdiv(V, BLOCK)):
-        go = on & (_tile_max(tmax, b, NB) >= tl.maximum(q, piv))
+        go = on & (_chunk_max(part, rows, ok, NC, b, inv_t, TPC) >= tl.maximum(q, piv))
         if tl.max(go.to(tl.int32)) > 0:
             idx = b * BLOCK + cols
             z = tl.load(row + idx, mask=go & (idx < V), other=_NEG).to(tl.float32) * inv_t
@@ -358,12 +436,12 @@ def _reject(row, V, inv_t, mz, q, piv, on, tmax, ka, kb, R: tl.constexpr, BLOCK:
             key = tl.where(sel, z + _gumbel(idx, ka, kb, FAST), _NEG)
             best_i = tl.where(key > best, idx, best_i)
             best = tl.maximum(key, best)
-    return tl.sum(s, axis=1, keep_dims=True), _argmax(best, best_i)
+    return tl.sum(s, axis=1, keep_dims=True), _argmax(best, best_i, FAST)
 
 
 @_jit
-def _rejection(row, V, inv_t, mz, q, p, p_on, mass, tok, done, tmax, ka, kb, R: tl.constexpr, BLOCK: tl.constexpr,
-               NB: tl.constexpr, FAST: tl.constexpr):
+def _rejection(row, V, inv_t, mz, q, p, p_on, mass, tok, done, part, rows, ok, NC, ka, kb, R: tl.constexpr,
+               BLOCK: tl.constexpr, TPC: tl.constexpr, FAST: tl.constexpr):
     # kept = {z >= q} (top-k and min-p exact in q, top-p bounded) cut by top-p: mass above < p * mass. tok is the
     # current candidate (V: none yet). Each pass checks it and draws the next one from above it; the pivot c_z
     # strictly increases, so this ends within V passes (and ~1/top_p on average).
@@ -371,7 +449,7 @@ def _rejection(row, V, inv_t, mz, q, p, p_on, mass, tok, done, tmax, ka, kb, R: 
     done = done | (~p_on & (tok < V) & (c_z >= q))
     it = 0
     while (tl.max((~done).to(tl.int32)) > 0) & (it <= V):
-        above, nxt = _reject(row, V, inv_t, mz, q, c_z, ~done, tmax, ka, kb, R, BLOCK, NB, FAST)
+        above, nxt = _reject(row, V, inv_t, mz, q, c_z, ~done, part, rows, ok, NC, ka, kb, R, BLOCK, TPC, FAST)
         done = done | ((tok < V) & (c_z >= q) & ((above < p * mass) | (c_z >= mz)))
         tok = tl.where(done, tok, nxt)
         c_z = tl.where(done, c_z, tl.load(row + nxt, mask=~done & (nxt < V), other=_NEG).to(tl.float32) * inv_t)
@@ -380,9 +458,10 @@ def _rejection(row, V, inv_t, mz, q, p, p_on, mass, tok, done, tmax, ka, kb, R: 
     return tok
 
 
-@_jit
-def _sample_kernel(logits, stride, temp_p, k_p, p_p, minp_p, seed_p, off_p, tok_p, lp_p, scratch, B, V,
-                   R: tl.constexpr, BLOCK: tl.constexpr, NB: tl.constexpr, CAP: tl.constexpr, FAST: tl.constexpr):
+@_kernel
+def _sample_kernel(logits, stride, temp_p, k_p, p_p, minp_p, seed_p, off_p, tok_p, lp_p, part, part_i, lanes,
+                   scratch, B, V, NC, R: tl.constexpr, BLOCK: tl.constexpr, TPC: tl.constexpr, NCP: tl.constexpr,
+                   LANES: tl.constexpr, CAP: tl.constexpr, FAST: tl.constexpr):
     rows = tl.program_id(0) * R + tl.arange(0, R)[:, None]  # [R, 1]; every per-row value below is [R, 1]
     ok = rows < B
     row = logits + rows.to(tl.int64) * stride
@@ -398,29 +477,45 @@ def _sample_kernel(logits, stride, temp_p, k_p, p_p, minp_p, seed_p, off_p, tok_
     m_on = ~greedy & (min_p > 0.0)
     ka, kb = _row_keys(tl.load(seed_p + rows, mask=ok, other=0), tl.load(off_p + rows, mask=ok, other=0))
 
-    if tl.max((ok & ~greedy & ~k_on).to(tl.int32)) > 0:  # a row that may keep its pass-1 draw
-        m, lse, S, lane, tmax, tok = _pass1(row, V, ok, inv_t, greedy, ka, kb, R, BLOCK, NB, True, FAST)
-    else:  # top-k and greedy rows: no noise; tok = V marks "no candidate" for a non-greedy row
-        m, lse, S, lane, tmax, tok = _pass1(row, V, ok, inv_t, greedy, ka, kb, R, BLOCK, NB, False, FAST)
-        tok = tl.where(greedy, tok, V)
+    # pass 1 (_pass1_kernel), merged over the chunks in one fixed order: raw max, logsumexp, tempered mass S
+    # (relative to max z), the pass-1 draw, and the group maxima of z
+    cs = tl.arange(0, NCP)[None, :]
+    cmask = ok & (cs < NC)
+    c_m = tl.load(part + (rows * NC + cs) * 4, mask=cmask, other=_NEG)
+    m = tl.max(c_m, axis=1, keep_dims=True)
+    m0 = tl.where(m == _NEG, 0.0, m)
+    w = tl.where(cmask, tl.exp(c_m - m0), 0.0)
+    lse = m + tl.log(tl.sum(tl.load(part + (rows * NC + cs) * 4 + 1, mask=cmask, other=0.0) * w, axis=1,
+                            keep_dims=True))
     mz = m * inv_t
+    S = tl.sum(tl.load(part + (rows * NC + cs) * 4 + 2, mask=cmask, other=0.0)
+               * tl.where(cmask, tl.exp(c_m * inv_t - m0 * inv_t), 0.0), axis=1, keep_dims=True)
+    tok = _argmax(tl.load(part + (rows * NC + cs) * 4 + 3, mask=cmask, other=_NEG),
+                  tl.load(part_i + rows * NC + cs, mask=cmask, other=2147483647), FAST)
+    tok = tl.where(greedy | ~k_on, tok, V)  # top-k rows drew nothing in pass 1: V marks "no candidate"
     done = ~ok | ~(k_on | p_on | m_on)
     tau_m = tl.where(m_on, tl.minimum(mz + tl.log(min_p), mz), _NEG)
     q_k = tl.full([R, 1], _NEG, tl.float32)
     q_p = tl.full([R, 1], _NEG, tl.float32)
-    # lower bounds from the lane maxima: the k largest are k distinct tokens, so the k-th of them <= tau_k; the
-    # largest ones that carry p*S (>= p * top-k mass; 0.1% slack for float order) fail top-p for all below them
-    if tl.max((~done & k_on).to(tl.int32)) > 0:
-        q_k = _value(_search(lane, tl.where(lane > _NEG, 1.0, 0.0), k, _ordered(mz).to(tl.int64), False))
-    if tl.max((~done & p_on).to(tl.int32)) > 0:
-        q_p = _value(_search(lane, tl.exp(lane - mz), p * S * 1.001, _ordered(mz).to(tl.int64), False))
+    # lower bounds from the group maxima (disjoint groups of tokens): the k largest are k distinct tokens, so the
+    # k-th of them <= tau_k; the largest ones that carry p*S (>= p * top-k mass; 0.1% slack for float order) fail
+    # top-p for all below them
+    if tl.max((~done & (k_on | p_on)).to(tl.int32)) > 0:
+        j = tl.arange(0, LANES)[None, :]
+        per_row = NC * (LANES // NCP)
+        lane = tl.load(lanes + rows * per_row + j, mask=ok & (j < per_row), other=_NEG)
+        if tl.max((~done & k_on).to(tl.int32)) > 0:
+            q_k = _value(_search(lane, tl.where(lane > _NEG, 1.0, 0.0), k, _ordered(mz).to(tl.int64), False))
+        if tl.max((~done & p_on).to(tl.int32)) > 0:
+            q_p = _value(_search(lane, tl.exp(lane - mz), p * S * 1.001, _ordered(mz).to(tl.int64), False))
+            q_p = tl.where(p_on, q_p, _NEG)  # S is the tempered mass only on top-p rows (_pass1_kernel)
 
     # pass 2: gather every token that can survive; in registers, the exact thresholds and the draw
     q_g = tl.where(k_on, q_k, tl.maximum(tau_m, q_p))
     cands = tl.where(k_on, tl.where(q_k > _NEG, 2.0 * k, _POS), S * tl.exp(mz - q_g))  # ~ #tokens >= q_g
     on = ~done & (k_on | p_on) & (tl.minimum(cands, V) <= CAP)
     if tl.max(on.to(tl.int32)) > 0:
-        n = _gather(row, V, inv_t, q_g, on, tmax, slots, R, BLOCK, NB, CAP)
+        n = _gather(row, V, inv_t, q_g, on, part, rows, ok, NC, slots, R, BLOCK, TPC, CAP)
         tl.debug_barrier()  # other threads of this program wrote the slots: bar.sync makes the writes visible
         on = on & (n <= CAP)
         tok = tl.where(on, _finish(row, inv_t, mz, S, k, k_on, p, p_on, tau_m, n, on, slots, ka, kb, CAP, FAST),
@@ -432,39 +527,64 @@ def _sample_kernel(logits, stride, temp_p, k_p, p_p, minp_p, seed_p, off_p, tok_
     mass = S
     on = ~done & k_on
     if tl.max(on.to(tl.int32)) > 0:
-        t_k, m_k = _bisect(row, V, inv_t, mz, k, q_k, on, tmax, R, BLOCK, NB)
+        t_k, m_k = _bisect(row, V, inv_t, mz, k, q_k, on, part, rows, ok, NC, R, BLOCK, TPC)
         tau_k = tl.where(on, t_k, tau_k)
         mass = tl.where(on, m_k, mass)
-    tok = _rejection(row, V, inv_t, mz, tl.maximum(tl.maximum(tau_k, q_p), tau_m), p, p_on, mass, tok, done, tmax,
-                     ka, kb, R, BLOCK, NB, FAST)
+    tok = _rejection(row, V, inv_t, mz, tl.maximum(tl.maximum(tau_k, q_p), tau_m), p, p_on, mass, tok, done, part,
+                     rows, ok, NC, ka, kb, R, BLOCK, TPC, FAST)
 
     tok = tl.minimum(tok, V - 1)
     tl.store(tok_p + rows, tok.to(tl.int64), mask=ok)
     tl.store(lp_p + rows, tl.load(row + tok, mask=ok, other=0.0).to(tl.float32) - lse, mask=ok)
 
 
-def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset, *, block=None, rows=None, cap=None):
-    """The Triton kernel. block / rows / cap override the tile width, rows per program and gather slots (tests)."""
+def _num_sms(device: torch.device) -> int:
+    return torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 2
+
+
+def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset, *, block=None, rows=None, cap=None,
+                  chunk=None, split=None):
+    """The Triton kernels. block / rows / cap / chunk override the tile width, rows per program, gather slots and
+    pass-1 chunk width, split the pass-1 programs per row (tests)."""
     B, V, args = _prepare(logits, temperature, top_k, top_p, min_p, seed, offset)
     tokens = torch.empty(B, dtype=torch.int64, device=logits.device)
     logprobs = torch.empty(B, dtype=torch.float32, device=logits.device)
     if B == 0:
         return tokens, logprobs
+    gpu = logits.is_cuda
     BLOCK = block or min(2048, triton.next_power_of_2(V))  # 2048 lanes: 8 fp32 a thread at 8 warps
+    # pass 1 reads CHUNK columns per step, 16 fp32 a thread at 8 warps (plus 16 prefetched): 4096 keeps the
+    # kernel under 128 registers on sm_90 (bench/compile_report.py), 32 chunks of a 128k vocabulary
+    CHUNK = max(BLOCK, chunk or min(4096, triton.next_power_of_2(V)))
+    NC = triton.cdiv(V, CHUNK)
+    NCP = triton.next_power_of_2(NC)
+    LANES = max(NCP, min(4096, NCP * CHUNK))  # group maxima kept per row: LANES // NCP per chunk
     # rows per program depend on V only, so a row's float sums (and token) never depend on the batch around it;
     # the interpreter runs programs one by one and pays per op, not per element, hence its wide tiles
-    R = rows or (max(1, 2048 // BLOCK) if logits.is_cuda else min(1024, max(1, 2**18 // BLOCK)))
+    R = rows or (1 if gpu else min(1024, max(1, 2**18 // CHUNK)))
     CAP = cap or min(2048, triton.next_power_of_2(V))
-    NB = triton.next_power_of_2(triton.cdiv(V, BLOCK))
-    scratch = torch.empty(B * CAP, dtype=torch.int32, device=logits.device)
-    _sample_kernel[(triton.cdiv(B, R),)](logits, logits.stride(0), *args, tokens, logprobs, scratch, B, V,
-                                         R=R, BLOCK=BLOCK, NB=NB, CAP=CAP, FAST=logits.is_cuda,
-                                         num_warps=8 if R * BLOCK >= 2048 else 4)
+    programs = triton.cdiv(B, R)
+    # pass-1 programs per row: enough for ~2 per SM when the batch alone is too small, at most one per chunk.
+    # The chunk, not the program, is the unit of every partial result, so this changes no output bit.
+    per_row = split or max(1, min(NC, triton.cdiv(2 * _num_sms(logits.device), programs)))
+    per_prog = triton.cdiv(NC, per_row)
+    part = torch.empty(B * NC * 4, dtype=torch.float32, device=logits.device)
+    lanes = torch.empty(B * NC * (LANES // NCP), dtype=torch.float32, device=logits.device)
+    scratch = torch.empty(B * CAP + B * NC, dtype=torch.int32, device=logits.device)  # gather slots, draw ids
+    part_i = scratch[B * CAP:]
+    t, k, p, mp, s, o = args
+    warps = 8 if R * BLOCK >= 2048 else 4
+    _pass1_kernel[(programs, triton.cdiv(NC, per_prog))](
+        logits, logits.stride(0), t, k, p, s, o, part, part_i, lanes, B, V, NC, per_prog, R=R, CHUNK=CHUNK,
+        G=LANES // NCP, FAST=gpu, num_warps=warps)
+    _sample_kernel[(programs,)](logits, logits.stride(0), *args, tokens, logprobs, part, part_i, lanes, scratch, B,
+                                V, NC, R=R, BLOCK=BLOCK, TPC=CHUNK // BLOCK, NCP=NCP, LANES=LANES, CAP=CAP, FAST=gpu,
+                                num_warps=warps)
     return tokens, logprobs
 
 
 def sample(logits, temperature, top_k, top_p, min_p, seed, offset):
-    """logits [B, V] float32/bfloat16; the rest [B] tensors or Python scalars (temperature <= 0: greedy; top_k <= 0
+    """logits [B, V] float32/bfloat16/float16 (math in float32); the rest [B] tensors or Python scalars (temperature <= 0: greedy; top_k <= 0
     or >= V, top_p >= 1, min_p <= 0: off). Returns tokens int64 [B] and their raw log-probabilities float32 [B].
     Deterministic per (logits row, seed, offset); no host synchronization (CUDA-graph safe)."""
     impl = sample_triton if use_triton(logits) else sample_torch
@@ -496,8 +616,8 @@ def _per_row(name, v, B, device):
 def _prepare(logits, *values):
     if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
         raise UserError(f"logits must be a [B, V] tensor, got {getattr(logits, 'shape', type(logits).__name__)}")
-    if logits.dtype not in (torch.float32, torch.bfloat16):
-        raise UserError(f"logits must be float32 or bfloat16, got {logits.dtype}")
+    if logits.dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise UserError(f"logits must be float32, bfloat16 or float16, got {logits.dtype}")
     B, V = logits.shape
     if V == 0:
         raise UserError("logits has an empty vocabulary dimension")

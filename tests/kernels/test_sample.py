@@ -97,6 +97,21 @@ def test_kernel_draws_the_reference_tokens(dtype, config):
 
 
 @needs_triton
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_pass1_split_changes_no_bit(dtype):
+    # pass 1 runs 1..NC programs per row (more when the batch is small): each chunk's partial results are the same
+    # whoever computes them, so tokens and log-probs are bit for bit those of one program per row, and the reference's
+    x, *args = _mixed_batch(seed=6, B=24, V=203)
+    x = x.to(dtype)
+    config = dict(block=16, chunk=32, cap=4)  # 7 chunks of 2 tiles; top-k / top-p overflow into the later passes
+    one = sample_triton(x, *args, split=1, **config)
+    assert torch.equal(one[0], sample_torch(x, *args)[0])
+    for split in (2, 3, 7):
+        out = sample_triton(x, *args, split=split, **config)
+        assert torch.equal(out[0], one[0]) and torch.equal(out[1], one[1]), split
+
+
+@needs_triton
 @pytest.mark.parametrize("config", [{}, FALLBACK])
 def test_top_k_past_the_finite_logits(config):
     # k beyond the finite logits: the k-th value is -inf, the kept set is every finite token; top-k-only batches
@@ -135,7 +150,7 @@ def test_deterministic_and_keyed_on_seed_and_offset(kernel_mode):
     assert (other != first[0]).sum() > 32
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_logprobs_are_raw_log_softmax(kernel_mode, dtype):
     x = (torch.randn(8, 1000, generator=torch.Generator().manual_seed(10)) * 3).to(dtype)
     tokens, logprobs = sample(x, 0.5, 10, 0.9, 0.0, torch.arange(8), 1)
@@ -155,7 +170,7 @@ def test_scalars_broadcast(kernel_mode):
 
 @pytest.mark.parametrize("logits,kwargs,match", [
     (torch.randn(37), {}, r"\[B, V\]"),
-    (torch.randn(2, 37).half(), {}, "float32 or bfloat16"),
+    (torch.randn(2, 37).double(), {}, "float32, bfloat16 or float16"),
     (torch.randn(37, 2).t(), {}, "contiguous"),
     (torch.randn(2, 0), {}, "empty vocabulary"),
     (torch.randn(2, 37), dict(temperature=torch.ones(3)), r"temperature must be a scalar or a \[2\] tensor"),
