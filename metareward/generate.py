@@ -1,12 +1,11 @@
 """`metareward generate`: a prompts file in, one JSONL line per sample out."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from .engine import Engine, SamplingParams
 from .errors import UserError
-from .io import atomic_write
+from .io import atomic_write, dumps
 from .prompts import read_prompts
 
 
@@ -15,7 +14,7 @@ def generate_file(engine: Engine, prompts_path: str | Path, output: str | Path, 
     prompts = read_prompts(prompts_path)
     encoded, kept, skipped = [], [], 0
     for p in prompts:
-        ids = engine.encode(p.text if raw else p.messages)
+        ids = engine.encode(p.question if raw else p.messages())
         if len(ids) >= engine.max_model_len:
             if skip_long:
                 skipped += 1
@@ -30,13 +29,13 @@ def generate_file(engine: Engine, prompts_path: str | Path, output: str | Path, 
     with atomic_write(output) as f:
         for p, out in zip(kept, outputs):
             for j, s in enumerate(out.samples):
-                f.write(json.dumps({
-                    "prompt_id": p.id, "sample_index": j, "prompt": p.prompt, "text": s.text,
+                f.write(dumps({
+                    "prompt_id": p.id, "sample_index": j, "prompt": p.raw, "text": s.text,
                     "token_ids": s.token_ids, "finish_reason": s.finish_reason,
                     "num_prompt_tokens": out.num_prompt_tokens, "num_generated_tokens": len(s.token_ids),
                     "num_cached_tokens": s.num_cached_tokens, "cumulative_logprob": s.cumulative_logprob,
                     **({"logprobs": s.logprobs} if s.logprobs is not None else {}),
-                }, ensure_ascii=False) + "\n")
+                }) + "\n")
     st = engine.stats
     return {"prompts": len(kept), "skipped_long": skipped, "samples": sum(len(o.samples) for o in outputs),
             "output_tokens": st.output_tokens, "tokens_per_s": st.tokens_per_s, "prefix_cache_hit_rate": st.hit_rate}
