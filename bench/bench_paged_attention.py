@@ -1,8 +1,8 @@
 """Paged decode attention and KV write: the Triton kernels against the torch reference and flash-attn's
 flash_attn_with_kvcache(block_table=...), stated against the copy bandwidth measured in the same run.
 
-  python bench/bench_paged_attention.py [--device cuda|cpu] [--out results/paged_attention.json]
-  python bench/bench_paged_attention.py --check   # Triton vs float64 truth; exit 1 on failure (bench/gpu.sh)
+  python3 bench/bench_paged_attention.py [--device cuda|cpu] [--out results/paged_attention.json]
+  python3 bench/bench_paged_attention.py --check   # Triton vs float64 truth; exit 1 on failure (bench/gpu.sh)
 
 GPU case: batch 256, context 2048, Llama-3-8B heads (32 q, 8 kv, dim 128), bf16, pages of 16 and 256
 tokens. Ceiling: one read of the KV cache, 2*B*T*Hkv*D*2 bytes = 2.15 GB, at the copy bandwidth."""
@@ -108,7 +108,7 @@ def check_cuda_graph(pa, device) -> bool:
 
 
 def bench(device: torch.device, out_path: str | None, reps: int) -> None:
-    from bench.harness import copy_bandwidth, fmt_bytes, peak_memory, report, time_fn
+    from bench.harness import Table, copy_bandwidth, fmt_bytes, peak_memory, time_fn
     from metareward.kernels import paged_attention as pa
 
     gpu = device.type == "cuda"
@@ -125,19 +125,32 @@ def bench(device: torch.device, out_path: str | None, reps: int) -> None:
     scale = d ** -0.5
     q = torch.randn(batch, hq, d, device=device, dtype=dtype)
     kv_bytes = 2 * batch * ctx * hkv * d * dtype.itemsize  # q and out (B*Hq*D each) add 0.2%: left out
-    rows = []
+    extra = {"case": f"batch {batch}, context {ctx}, heads {hq}/{hkv}, head_dim {d}, {dtype}",
+             "copy bandwidth (GB/s, read+write)": round(bw / 1e9, 1),
+             "bytes": f"decode: the KV cache read once, 2*B*T*Hkv*D*{dtype.itemsize} = {kv_bytes / 1e9:.3f} GB; "
+                      "store_kv: K and V read once and written once, 4*N*Hkv*D*bytes (GB/s = that / median)",
+             "FLOP": f"decode: 4*B*Hq*T*D = {4 * batch * hq * ctx * d / 1e9:.1f} GFLOP (QK^T and PV; memory-bound "
+                     "at ~1 FLOP a byte); store_kv: none",
+             "timing": "CUDA events around each call, L2 flushed before each, one synchronize per run" if gpu
+                       else "wall clock per call",
+             "torch.compile": "not run: the torch paths read the context lengths on the host (.tolist()) and index "
+                              "with data-dependent masks, so there is no graph to compile",
+             "flash-attn": "absent" if flash_attn_with_kvcache is None else "present"}
+    table = Table("paged decode attention / store_kv", device,
+                  ["op", "provider", "page", "median_us", "p20_us", "p80_us", "GB/s", "% copy bw", "peak mem",
+                   "note"], out_path, extra)
 
     def row(op, provider, page, fn, nbytes):
         try:
-            t = time_fn(fn, device, warmup=3, rep=reps)
+            t = time_fn(fn, device, warmup=3, rep=reps, flush_l2=True)
             mem = peak_memory(fn, device)
         except Exception as e:  # e.g. a page size flash-attn rejects: say so instead of a number
-            rows.append({"op": op, "provider": provider, "page": page, "note": f"{type(e).__name__}: {e}"[:100]})
+            table.add({"op": op, "provider": provider, "page": page, "note": f"{type(e).__name__}: {e}"[:100]})
             return
         rate = nbytes / (t["median_ms"] / 1e3)
-        rows.append({"op": op, "provider": provider, "page": page, "median_us": t["median_ms"] * 1e3,
-                     "p20_us": t["p20_ms"] * 1e3, "p80_us": t["p80_ms"] * 1e3, "GB/s": rate / 1e9,
-                     "% copy bw": 100 * rate / bw, "peak mem": fmt_bytes(mem), "note": ""})
+        table.add({"op": op, "provider": provider, "page": page, "median_us": t["median_ms"] * 1e3,
+                   "p20_us": t["p20_ms"] * 1e3, "p80_us": t["p80_ms"] * 1e3, "GB/s": rate / 1e9,
+                   "% copy bw": 100 * rate / bw, "peak mem": fmt_bytes(mem), "note": ""})
 
     for page in pages:
         kc, vc, tables, lens = paged_cache(batch, [ctx] * batch, hkv, d, page, dtype, device)
@@ -156,14 +169,6 @@ def bench(device: torch.device, out_path: str | None, reps: int) -> None:
             if gpu:
                 row(f"store_kv N={n}", "triton", page, lambda: pa.store_kv_triton(k, k, kc, vc, slots), moved)
             row(f"store_kv N={n}", "torch", page, lambda: pa.store_kv_torch(k, k, kc, vc, slots), moved)
-
-    extra = {"case": f"batch {batch}, context {ctx}, heads {hq}/{hkv}, head_dim {d}, {dtype}",
-             "copy bandwidth (GB/s, read+write)": round(bw / 1e9, 1),
-             "bytes": f"decode: KV read {kv_bytes / 1e9:.3f} GB; store_kv: K,V read + written",
-             "flash-attn": "absent" if flash_attn_with_kvcache is None else "present"}
-    report("paged decode attention / store_kv", device, rows,
-           ["op", "provider", "page", "median_us", "p20_us", "p80_us", "GB/s", "% copy bw", "peak mem", "note"],
-           out_path, extra)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,8 @@
 """Batched sampling (temperature, top-k, top-p, min-p): the Triton kernel against the sort-based torch reference and
 FlashInfer's top_k_top_p_sampling_from_logits, stated against the copy bandwidth measured in the same run.
 
-  python bench/bench_sample.py [--device cuda|cpu] [--out results/sample.json]
-  python bench/bench_sample.py --check   # Triton vs the exact distribution / reference; exit 1 on failure
+  python3 bench/bench_sample.py [--device cuda|cpu] [--out results/sample.json]
+  python3 bench/bench_sample.py --check   # Triton vs the exact distribution / reference; exit 1 on failure
 
 GPU case: B=256 rows, V=128256 (Llama-3), float32 logits, per-row mixed parameters; two logit shapes: "peaked"
 (N(0, 2.5^2) plus 8 tokens a row raised by 4..12, like an LLM's head) and "flat" (N(0, 1): the worst case for
@@ -109,53 +109,60 @@ def check_cuda_graph(S, device) -> bool:
 
 
 def bench(device: torch.device, out_path: str | None, reps: int) -> None:
-    from bench.harness import copy_bandwidth, fmt_bytes, peak_memory, report, time_fn
+    from bench.harness import Table, compiled, copy_bandwidth, fmt_bytes, peak_memory, time_fn
     from metareward.kernels import sample as S
 
     gpu = device.type == "cuda"
-    B, V = (256, 128256) if gpu else (16, 32000)
+    V = 128256 if gpu else 32000
+    # B=256: the benchmark; B=1: one sequence decoding (pass 1 split over the vocabulary's chunks)
+    cases = [(256, "peaked"), (256, "flat"), (1, "peaked")] if gpu else [(16, "peaked"), (16, "flat")]
     if not gpu:
-        print(f"CPU: timing the torch reference only (the engine's CPU path), on B={B}, V={V}")
+        print(f"CPU: timing the torch reference only (the engine's CPU path), on B=16, V={V}")
     try:
         from flashinfer.sampling import top_k_top_p_sampling_from_logits
     except Exception:  # absent, or built for another CUDA / torch
         top_k_top_p_sampling_from_logits = None
     bw = copy_bandwidth(device)
-    nbytes = B * V * 4
-    rows = []
-    for shape in ("peaked", "flat"):
-        x, (t, k, p, mp, seed, off) = make_case(B, V, shape, device)
-        providers = {"torch": lambda: S.sample_torch(x, t, k, p, mp, seed, off)}
-        if gpu:
-            providers["triton"] = lambda: S.sample_triton(x, t, k, p, mp, seed, off)
-        if gpu and top_k_top_p_sampling_from_logits is not None:
-            # no greedy, no min-p in FlashInfer's call: temperature-0 rows run at 1, min-p is dropped; its
-            # top_k is an int32 tensor (0 -> V), temperature a division in torch (timed), no logprobs
-            fi_t, fi_k = torch.where(t > 0, t, 1.0)[:, None], torch.where(k > 0, k, V).int()
-            providers["flashinfer"] = lambda: top_k_top_p_sampling_from_logits(x / fi_t, fi_k, p, deterministic=True)
-        for name, fn in providers.items():
-            try:
-                tm = time_fn(fn, device, warmup=3, rep=reps)
-                mem = peak_memory(fn, device)
-            except Exception as e:  # say why instead of a number
-                rows.append({"logits": shape, "provider": name, "note": f"{type(e).__name__}: {e}"[:120]})
-                continue
-            rate = nbytes / (tm["median_ms"] / 1e3)
-            rows.append({"logits": shape, "provider": name, "median_ms": tm["median_ms"], "p20_ms": tm["p20_ms"],
-                         "p80_ms": tm["p80_ms"], "GB/s": rate / 1e9, "% copy bw": 100 * rate / bw,
-                         "peak mem": fmt_bytes(mem), "note": ""})
-        base = next((r["median_ms"] for r in rows if r["logits"] == shape and r["provider"] == "torch"
-                     and "median_ms" in r), None)
-        for r in rows:
-            if r["logits"] == shape and "median_ms" in r and base:
-                r["speedup vs torch"] = base / r["median_ms"]
-    extra = {"case": f"B={B}, V={V}, float32 logits; per row: temperature in {{0, 0.6, 1, 1.3}}, top_k in "
+    extra = {"case": f"V={V}, float32 logits; per row: temperature in {{0, 0.6, 1, 1.3}}, top_k in "
                      "{0, 20, 50, 1000}, top_p in {1, 0.9, 0.95}, min_p in {0, 0.05}",
              "copy bandwidth (GB/s, read+write)": round(bw / 1e9, 1),
-             "bytes": f"logits read once: {nbytes / 1e6:.1f} MB (GB/s = that / median)",
-             "flashinfer": "absent" if top_k_top_p_sampling_from_logits is None else "present"}
-    report("batched sampling", device, rows, ["logits", "provider", "median_ms", "p20_ms", "p80_ms", "GB/s",
-                                              "% copy bw", "speedup vs torch", "peak mem", "note"], out_path, extra)
+             "bytes": "the logits read once, B*V*4 (131.3 MB at B=256): GB/s = that / median; no FLOP count (the "
+                      "work is a few passes of compares, exps and a hash per element)",
+             "timing": "CUDA events around each call, L2 flushed before each, one synchronize per run" if gpu
+                       else "wall clock per call",
+             "flashinfer": ("absent" if top_k_top_p_sampling_from_logits is None else
+                            "top_k_top_p_sampling_from_logits on logits already divided by the temperature (the "
+                            "division is not timed); no greedy rows (t=0 runs at 1), no min-p, no log-probs")}
+    table = Table("batched sampling", device, ["B", "logits", "provider", "median_ms", "p20_ms", "p80_ms", "GB/s",
+                                               "% copy bw", "speedup vs torch", "peak mem", "note"], out_path, extra)
+
+    def run(B, shape, name, fn, base):
+        try:
+            tm = time_fn(fn, device, warmup=3, rep=reps, flush_l2=True)
+            mem = peak_memory(fn, device)
+        except Exception as e:  # say why instead of a number
+            table.add({"B": B, "logits": shape, "provider": name, "note": f"{type(e).__name__}: {e}"[:120]})
+            return None
+        rate = B * V * 4 / (tm["median_ms"] / 1e3)
+        table.add({"B": B, "logits": shape, "provider": name, "median_ms": tm["median_ms"], "p20_ms": tm["p20_ms"],
+                   "p80_ms": tm["p80_ms"], "GB/s": rate / 1e9, "% copy bw": 100 * rate / bw,
+                   "speedup vs torch": base / tm["median_ms"] if base else 1.0, "peak mem": fmt_bytes(mem)})
+        return tm["median_ms"]
+
+    baselines, inputs = {}, {}
+    for B, shape in cases:
+        x, (t, k, p, mp, seed, off) = inputs[B, shape] = make_case(B, V, shape, device)
+        baselines[B, shape] = run(B, shape, "torch", lambda: S.sample_torch(x, t, k, p, mp, seed, off), None)
+        if gpu:
+            run(B, shape, "triton", lambda: S.sample_triton(x, t, k, p, mp, seed, off), baselines[B, shape])
+        if gpu and top_k_top_p_sampling_from_logits is not None:
+            xt, fi_k = x / torch.where(t > 0, t, 1.0)[:, None], torch.where(k > 0, k, V).int()
+            run(B, shape, "flashinfer", lambda: top_k_top_p_sampling_from_logits(xt, fi_k, p, deterministic=True),
+                baselines[B, shape])
+    # torch.compile of the sort-based reference, last: its compilation takes the longest
+    fn = compiled(S.sample_torch) if gpu else None
+    for (B, shape), (x, params) in inputs.items() if fn is not None else ():
+        run(B, shape, "torch.compile(torch)", lambda: fn(x, *params), baselines[B, shape])
 
 
 if __name__ == "__main__":

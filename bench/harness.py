@@ -1,6 +1,7 @@
 """The one timing harness every benchmark shares (Liger-Kernel style): a benchmark defines, per provider,
-a setup that returns a zero-argument callable; the harness times it (median, p20, p80 after warm-up),
-measures its peak extra memory, and prints / writes the table with the device and command it ran on."""
+a setup that returns a zero-argument callable; the harness times it (median, p20, p80 after warm-up; on CUDA with
+events, one synchronize per run and optionally an L2 flush before each call), measures its peak extra memory, and
+prints / writes the table row by row with the device and command it ran on."""
 from __future__ import annotations
 
 import json
@@ -47,26 +48,60 @@ def peak_memory(fn: Callable[[], object], device: torch.device) -> int | None:
 
 
 def time_fn(fn: Callable[[], object], device: torch.device, warmup: int = 3, rep: int = 10,
-            min_time: float = 0.0) -> dict:
-    """Median and p20/p80 in milliseconds over `rep` timed calls after `warmup` calls (CUDA events on GPU)."""
+            min_time: float = 0.0, flush_l2: bool = False) -> dict:
+    """Median and p20/p80 in milliseconds over `rep` timed calls after `warmup` calls (at least `min_time` seconds
+    of them). CUDA: a pair of events around each call and one synchronize after the last (triton.testing.do_bench's
+    method), so the host's launch time is not inside the numbers once the GPU is busy; flush_l2 zeroes a buffer of
+    twice the L2 size before each call, so the inputs come from HBM as in a real step (131 MB of sample logits are
+    partly L2-resident on an H200, store_kv's at N=256 entirely)."""
     for _ in range(warmup):
         fn()
-    sync(device)
+    if device.type == "cuda":
+        return _time_cuda(fn, device, rep, min_time, flush_l2)
     times = []
     while len(times) < rep or sum(times) < min_time * 1e3:
-        if device.type == "cuda":
-            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            a.record()
-            fn()
-            b.record()
-            b.synchronize()
-            times.append(a.elapsed_time(b))
-        else:
-            t0 = time.perf_counter()
-            fn()
-            times.append((time.perf_counter() - t0) * 1e3)
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return _summary(times)
+
+
+def _summary(times: list[float]) -> dict:
     q = statistics.quantiles(times, n=10) if len(times) > 1 else [times[0]] * 9
     return {"median_ms": statistics.median(times), "p20_ms": q[1], "p80_ms": q[7], "reps": len(times)}
+
+
+def _time_cuda(fn, device, rep: int, min_time: float, flush_l2: bool) -> dict:
+    flush = None
+    if flush_l2:
+        l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 0) or 64 << 20
+        flush = torch.empty(2 * l2 // 4, dtype=torch.int32, device=device)
+    if min_time > 0:  # one timed call sizes the run
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        a.record()
+        fn()
+        b.record()
+        b.synchronize()
+        rep = max(rep, int(min_time * 1e3 / max(a.elapsed_time(b), 1e-3)) + 1)
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(rep)]
+    torch.cuda.synchronize(device)
+    for a, b in events:
+        if flush is not None:
+            flush.zero_()
+        a.record()
+        fn()
+        b.record()
+    torch.cuda.synchronize(device)
+    return _summary([a.elapsed_time(b) for a, b in events])
+
+
+def compiled(fn: Callable, name: str = "torch.compile"):
+    """torch.compile(fn) for a baseline row, or None with the reason printed (no compiler on the machine, ...)."""
+    try:
+        return torch.compile(fn, dynamic=False)
+    except Exception as e:  # compilation is lazy: most failures surface at the first call instead
+        print(f"{name}: unavailable ({type(e).__name__}: {e})"[:200])
+        return None
 
 
 def copy_bandwidth(device: torch.device, nbytes: int = 1 << 30) -> float:
@@ -98,28 +133,50 @@ def fmt_bytes(n: int | None) -> str:
     return str(n)
 
 
+class Table:
+    """A results table that is printed and written as it grows: each add() prints its markdown row and rewrites
+    the JSON file, so a benchmark stopped by a time limit still leaves every row it finished."""
+
+    def __init__(self, title: str, device: torch.device, columns: list[str], out: str | None,
+                 extra: dict | None = None):
+        self.columns, self.out, self.rows = columns, out, []
+        self.result = {
+            "title": title, "device": device_name(device), "command": " ".join([sys.executable] + sys.argv),
+            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), **(extra or {}),
+            "rows": self.rows,
+        }
+        print(f"\n## {title}\ndevice: {self.result['device']}\ncommand: {self.result['command']}")
+        for k, v in (extra or {}).items():
+            print(f"{k}: {v}")
+        print("| " + " | ".join(columns) + " |")
+        print("|" + "---|" * len(columns), flush=True)
+        self._write()
+
+    def add(self, row: dict) -> dict:
+        self.rows.append(row)
+        cells = []
+        for c in self.columns:
+            v = row.get(c, "")
+            cells.append(f"{v:.4g}" if isinstance(v, float) else str(v))
+        print("| " + " | ".join(cells) + " |", flush=True)
+        self._write()
+        return row
+
+    def _write(self) -> None:
+        if self.out:
+            Path(self.out).parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(f"{self.out}.tmp")
+            tmp.write_text(json.dumps(self.result, indent=2, default=str))
+            tmp.replace(self.out)  # a reader never sees half a file
+
+
 def report(title: str, device: torch.device, rows: list[dict], columns: list[str], out: str | None,
            extra: dict | None = None) -> dict:
     """Print a markdown table of `rows` (dicts) restricted to `columns`, and write everything as JSON."""
-    result = {
-        "title": title, "device": device_name(device), "command": " ".join([sys.executable] + sys.argv),
-        "torch": torch.__version__, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), **(extra or {}), "rows": rows,
-    }
-    print(f"\n## {title}\ndevice: {result['device']}\ncommand: {result['command']}")
-    for k, v in (extra or {}).items():
-        print(f"{k}: {v}")
-    print("| " + " | ".join(columns) + " |")
-    print("|" + "---|" * len(columns))
+    table = Table(title, device, columns, out, extra)
     for r in rows:
-        cells = []
-        for c in columns:
-            v = r.get(c, "")
-            cells.append(f"{v:.4g}" if isinstance(v, float) else str(v))
-        print("| " + " | ".join(cells) + " |")
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=2))
-    return result
+        table.add(r)
+    return table.result
 
 
 def cli(doc: str, bench: Callable, check: Callable, reps: int) -> int:
