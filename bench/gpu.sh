@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
-# Every check and benchmark on one GPU, in under 8 minutes, everything written to one folder.
+# Every check and benchmark on one GPU in under 8 minutes, each result written to OUT_DIR as it is produced.
 #
-#   bench/gpu.sh [OUT_DIR]             # OUT_DIR: $1, else $OUT, else results/gpu-<date>
-#   bench/gpu.sh --dry-run [OUT_DIR]   # print the steps and their time limits, run nothing (works without a GPU)
-#   ALLOW_CPU=1 BUDGET_S=60 bench/gpu.sh /tmp/x   # exercise the step / timeout / skip logic on a CPU machine
+#   bash bench/gpu.sh [OUT_DIR]             # OUT_DIR: $1, else $OUT, else results/gpu-<date>
+#   bash bench/gpu.sh --dry-run [OUT_DIR]   # the steps and their time limits; runs nothing (works anywhere)
+#   ALLOW_CPU=1 BUDGET_S=60 bash bench/gpu.sh /tmp/x   # exercise the step / timeout logic on a CPU machine
 #
-# Order: the environment (nvidia-smi, torch / triton / CUDA versions; stop if torch has no CUDA or triton is
-# missing: nothing is installed here), the Triton kernels' correctness checks, then the benchmarks at their GPU
-# defaults, the system ones first. Each step runs under `timeout`, within its own limit and within what is left
-# of the whole budget (BUDGET_S, default 470 s), so one hang cannot eat the rest; a failed or timed-out step is
-# recorded and the next one runs. The per-step limits are guesses until this script has run on a GPU.
-# stdout and stderr go to OUT_DIR/log.txt; each benchmark writes OUT_DIR/<name>.json.
-# Exit status: 0 when every step passed, 1 otherwise, 2 when the environment is unusable.
+# 1. Preflight, in seconds, one line saying what is missing when something is: python3; torch with a CUDA device
+#    (on a machine without one this script stops here, at once); every module the steps import (metareward and
+#    its dependencies, the bench scripts); a C compiler and Python.h (Triton builds its launcher with them); one
+#    trivial Triton kernel launched and checked. Nothing is installed.
+# 2. The Triton kernels' correctness checks: a fast kernel that is wrong makes every number after it meaningless.
+# 3. The kernel microbenchmarks (their JSON tables are rewritten after every row).
+# 4. The system benchmarks (the engine against transformers' generate; a DPO step against the naive one).
+# 5. vLLM as a peer, only where installed and only in the time left.
+# Each step runs under `timeout` (its whole process group) within its own limit and within what is left of the
+# budget (BUDGET_S, default 470 s; the limits below sum to 460 s); a failed or timed-out step is recorded and the
+# next one runs. The limits are estimates until this script has run on a GPU: OUT_DIR/steps.tsv records each
+# step's time so the next run can size them.
+# Files: OUT_DIR/log.txt (everything), OUT_DIR/<step>.log, OUT_DIR/<benchmark>.json, OUT_DIR/steps.tsv.
+# Exit status: 0 when every step passed, 1 otherwise, 2 when the machine cannot run the steps.
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,64 +30,104 @@ LOG="$OUT_DIR/log.txt"
 FAILED=()
 START=$SECONDS
 
-say() { if [ "$DRY" = 1 ]; then echo "$*"; else echo "$*" | tee -a "$LOG"; fi; }
+# name, limit (s), command: the order is the order they run in
+STEPS=(
+  "check-sample|60|python3 bench/bench_sample.py --check"
+  "check-linear-logprobs|45|python3 bench/bench_linear_logprobs.py --check"
+  "check-paged-attention|45|python3 bench/bench_paged_attention.py --check"
+  "bench-sample|50|python3 bench/bench_sample.py --reps 20 --out $OUT_DIR/sample.json"
+  "bench-linear-logprobs|60|python3 bench/bench_linear_logprobs.py --reps 5 --out $OUT_DIR/linear_logprobs.json"
+  "bench-paged-attention|40|python3 bench/bench_paged_attention.py --reps 20 --out $OUT_DIR/paged_attention.json"
+  "engine-throughput|100|python3 bench/engine_throughput.py --reps 1 --hf-reps 1 --out $OUT_DIR/engine_throughput.json"
+  "dpo-step|60|python3 bench/dpo_step.py --reps 3 --timeout 28 --out $OUT_DIR/dpo_step.json"
+)
 
-# step NAME LIMIT_S CMD...: run CMD under min(LIMIT_S, time left); record a failure, never stop
-step() {
-  local name=$1 limit=$2
-  shift 2
-  local left=$((BUDGET_S - (SECONDS - START)))
-  if [ "$DRY" = 1 ]; then
-    echo "[$name] timeout ${limit}s: $*"
-    return 0
-  fi
-  if [ "$left" -lt 20 ]; then
-    say "== $name: SKIPPED, ${left}s of the ${BUDGET_S}s budget left"
-    FAILED+=("$name (skipped: out of time)")
-    return 0
-  fi
-  [ "$limit" -gt "$left" ] && limit=$left
-  say "== $name (limit ${limit}s, $((SECONDS - START))s elapsed): $*"
-  local t0=$SECONDS rc
-  timeout --kill-after=10 "$limit" "$@" 2>&1 | tee -a "$LOG"
-  rc=${PIPESTATUS[0]}
-  say "== $name: exit $rc after $((SECONDS - t0))s"
-  if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
-    FAILED+=("$name (timed out after ${limit}s)")
-  elif [ "$rc" != 0 ]; then
-    FAILED+=("$name (exit $rc)")
-  fi
-}
-
-if [ "$DRY" = 0 ]; then
-  mkdir -p "$OUT_DIR"
-  : >"$LOG"
-fi
-say "# bench/gpu.sh $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'), out: $OUT_DIR"
 if [ "$DRY" = 1 ]; then
-  echo "[environment] nvidia-smi; python -c 'import torch, triton' (stop unless torch.cuda.is_available())"
-else
-  { nvidia-smi || echo "nvidia-smi: not available"; } 2>&1 | tee -a "$LOG"
-  if ! python - 2>&1 <<'EOF' | tee -a "$LOG"; then
+  total=0
+  echo "[preflight] python3, torch + CUDA device, the steps' imports, C compiler + Python.h, one Triton kernel"
+  for s in "${STEPS[@]}"; do
+    IFS='|' read -r name limit cmd <<<"$s"
+    echo "[$name] timeout ${limit}s: $cmd"
+    total=$((total + limit))
+  done
+  echo "[vllm-peer] only if vllm is installed, in the time left: python3 bench/engine_throughput.py --vllm"
+  echo "limits: ${total}s of the ${BUDGET_S}s budget"
+  [ "$total" -le "$BUDGET_S" ] || { echo "error: the step limits (${total}s) exceed the budget (${BUDGET_S}s)"; exit 1; }
+  exit 0
+fi
+
+mkdir -p "$OUT_DIR"
+: >"$LOG"
+say() { echo "$*" | tee -a "$LOG"; }
+fail() { echo "$*" | tee -a "$LOG" >&2; exit 2; }
+
+command -v python3 >/dev/null 2>&1 || fail "error: python3 not found on PATH: nothing was run"
+
+# preflight: one line on failure (exit 2), a few lines of versions on success
+PREFLIGHT=$(timeout 120 python3 - 2>/dev/null <<'EOF'
 import os
+import shutil
 import sys
+import sysconfig
+import traceback
+
+def stop(msg):
+    print(f"error: {msg}; nothing was run")
+    sys.exit(2)
+
 try:
     import torch
 except Exception as e:
-    sys.exit(f"error: torch is not importable ({e}): this script installs nothing; use a python with torch+CUDA")
-print(f"python {sys.version.split()[0]}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
-      f"cuda available: {torch.cuda.is_available()}")
-try:
-    import triton
-    print(f"triton {triton.__version__}")
-except Exception as e:
-    sys.exit(f"error: triton is not importable ({e}): this script installs nothing")
+    stop(f"python3 ({sys.executable}) cannot import torch ({type(e).__name__}: {e})")
 if not torch.cuda.is_available() and os.environ.get("ALLOW_CPU") != "1":
-    sys.exit("error: torch sees no CUDA device (a CPU-only torch build, or no driver): nothing to benchmark")
+    stop(f"no CUDA device: torch {torch.__version__} (built for CUDA {torch.version.cuda or 'none'}) sees no GPU, "
+         "and bench/gpu.sh runs on a GPU machine only")
+sys.path.insert(0, os.getcwd())
+missing, broken = [], []
+for name in ("triton", "metareward", "metareward.kernels.sample", "metareward.kernels.linear_logprobs",
+             "metareward.kernels.paged_attention", "metareward.engine", "metareward.trainer.dpo", "bench.harness",
+             "bench.bench_sample", "bench.bench_linear_logprobs", "bench.bench_paged_attention",
+             "bench.engine_throughput", "bench.dpo_step"):
+    try:
+        __import__(name)
+    except ModuleNotFoundError as e:
+        missing.append(e.name)
+    except Exception as e:
+        broken.append(f"{name} ({type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''})")
+if missing:
+    stop(f"missing Python packages: {', '.join(sorted(set(missing)))} (`pip install -e .` in this repository "
+         "installs metareward's dependencies)")
+if broken:
+    stop(f"imports fail: {'; '.join(broken)}")
+cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang") or shutil.which("cc")
+if not cc:
+    stop("no C compiler (gcc, clang or $CC): Triton compiles its kernel launcher with one")
+header = os.path.join(sysconfig.get_paths()["include"], "Python.h")
+if not os.path.exists(header):
+    stop(f"{header} is missing: Triton's launcher needs the Python headers (e.g. apt-get install python3-dev)")
+import triton
+import triton.language as tl
+
+@triton.jit
+def _twice(x, y, n, BLOCK: tl.constexpr):
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    tl.store(y + i, 2 * tl.load(x + i, mask=i < n), mask=i < n)
+
 if torch.cuda.is_available():
-    print(f"device: {torch.cuda.get_device_name()}, {torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB")
+    try:
+        x = torch.arange(1000, device="cuda", dtype=torch.float32)
+        y = torch.empty_like(x)
+        _twice[(4,)](x, y, 1000, BLOCK=256)
+        torch.cuda.synchronize()
+        assert torch.equal(y, 2 * x), "wrong result"
+    except Exception as e:
+        lines = [ln for ln in traceback.format_exception_only(type(e), e)[-1].splitlines() if ln.strip()]
+        stop(f"a trivial Triton kernel failed ({lines[0][:160] if lines else type(e).__name__})")
+    dev = f"{torch.cuda.get_device_name()}, {torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB"
 else:
-    print("ALLOW_CPU=1: no CUDA device, running on the CPU (a test of this script, not a benchmark)")
+    dev = "no GPU (ALLOW_CPU=1: the Triton code runs under the interpreter; a test of this script)"
+print(f"ok: python {sys.version.split()[0]}, torch {torch.__version__} (CUDA {torch.version.cuda}), triton "
+      f"{triton.__version__}, C compiler {cc}; device: {dev}")
 for name in ("transformers", "flash_attn", "flashinfer", "liger_kernel", "vllm"):
     try:
         m = __import__(name)
@@ -88,30 +135,55 @@ for name in ("transformers", "flash_attn", "flashinfer", "liger_kernel", "vllm")
     except Exception as e:
         print(f"{name}: absent ({type(e).__name__})")
 EOF
-    say "environment unusable: stopping (see above)"
-    exit 2
-  fi
+)
+rc=$?
+if [ "$rc" != 0 ]; then
+  line=$(printf '%s\n' "$PREFLIGHT" | grep -m1 '^error:')
+  [ -n "$line" ] || line="error: the preflight failed (exit $rc) without saying why; nothing was run"
+  fail "$line"
 fi
 
-# correctness first: a fast kernel that is wrong makes every number below meaningless
-step check-sample 75 python bench/bench_sample.py --check
-step check-linear-logprobs 75 python bench/bench_linear_logprobs.py --check
-step check-paged-attention 75 python bench/bench_paged_attention.py --check
-# system benchmarks (the engine against transformers' generate; a DPO step against the naive one)
-step engine-throughput 270 python bench/engine_throughput.py --out "$OUT_DIR/engine_throughput.json"
-step dpo-step 130 python bench/dpo_step.py --timeout 60 --out "$OUT_DIR/dpo_step.json"
-# kernel microbenchmarks
-step bench-sample 60 python bench/bench_sample.py --out "$OUT_DIR/sample.json"
-step bench-linear-logprobs 90 python bench/bench_linear_logprobs.py --out "$OUT_DIR/linear_logprobs.json"
-step bench-paged-attention 60 python bench/bench_paged_attention.py --out "$OUT_DIR/paged_attention.json"
-# a peer, only where installed: vLLM in its own process, on the plain workload
-if [ "$DRY" = 1 ] || python -c "import vllm" >/dev/null 2>&1; then
-  step vllm-peer 200 python bench/engine_throughput.py --vllm --out "$OUT_DIR/vllm.json"
+say "# bench/gpu.sh $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'), out: $OUT_DIR"
+say "$PREFLIGHT"
+{ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 || true; } | tee -a "$LOG"
+printf 'step\tlimit_s\texit\tseconds\n' >"$OUT_DIR/steps.tsv"
+
+# step NAME LIMIT_S CMD: run CMD under min(LIMIT_S, time left); record a failure, never stop
+step() {
+  local name=$1 limit=$2 cmd=$3
+  local left=$((BUDGET_S - (SECONDS - START)))
+  if [ "$left" -lt 10 ]; then
+    say "== $name: SKIPPED, ${left}s of the ${BUDGET_S}s budget left"
+    FAILED+=("$name (skipped: out of time)")
+    printf '%s\t%s\tskipped\t0\n' "$name" "$limit" >>"$OUT_DIR/steps.tsv"
+    return 0
+  fi
+  [ "$limit" -gt "$left" ] && limit=$left
+  say "== $name (limit ${limit}s, $((SECONDS - START))s elapsed): $cmd"
+  local t0=$SECONDS rc
+  # shellcheck disable=SC2086  # the command is a word list on purpose
+  timeout --kill-after=5 "$limit" $cmd 2>&1 | tee "$OUT_DIR/$name.log" | tee -a "$LOG"
+  rc=${PIPESTATUS[0]}
+  say "== $name: exit $rc after $((SECONDS - t0))s"
+  printf '%s\t%s\t%s\t%s\n' "$name" "$limit" "$rc" "$((SECONDS - t0))" >>"$OUT_DIR/steps.tsv"
+  if [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
+    FAILED+=("$name (timed out after ${limit}s)")
+  elif [ "$rc" != 0 ]; then
+    FAILED+=("$name (exit $rc)")
+  fi
+}
+
+for s in "${STEPS[@]}"; do
+  IFS='|' read -r name limit cmd <<<"$s"
+  step "$name" "$limit" "$cmd"
+done
+if python3 -c "import vllm" >/dev/null 2>&1; then
+  left=$((BUDGET_S - (SECONDS - START)))
+  step vllm-peer "$left" "python3 bench/engine_throughput.py --vllm --reps 1 --out $OUT_DIR/vllm.json"
 else
   say "== vllm-peer: not run (vllm is not installed)"
 fi
 
-[ "$DRY" = 1 ] && exit 0
 say "# done in $((SECONDS - START))s"
 if [ ${#FAILED[@]} -gt 0 ]; then
   say "FAILED: ${FAILED[*]}"
