@@ -107,6 +107,8 @@ def train(model, pairs: list[TokenizedPair], cfg: DPOConfig, dist: Dist | None =
             opt.step()
             opt.zero_grad(set_to_none=True)
             model.weights_version += 1
+            if device.type == "cuda":  # opt.step() only queues its kernels: the step ends when they do
+                torch.cuda.synchronize(device)
             seconds = time.perf_counter() - t0
             m.update({"step": step, "epoch": step * cfg.epochs // total, "grad_norm": gn, "learning_rate": lr,
                       "tokens_per_s": sums[-1].item() / seconds, "peak_memory_bytes": peak_memory(device),
