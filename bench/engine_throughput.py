@@ -4,6 +4,7 @@ of several runs.
 
   python bench/engine_throughput.py [--device cuda|cpu] [--out results/engine_throughput.json]
   python bench/engine_throughput.py --vllm [--out results/vllm.json]   # vLLM as a peer on the plain workload
+  python bench/engine_throughput.py --model /work/cache/smollm2-135m-f32 [--busy] [--out results/smollm2.json]
 
 plain  greedy, ignore_eos. CPU: a 20M-parameter Llama (hidden 384, 6 layers, 6/2 heads, vocab 32000, tied),
        32 chat prompts, 128 new tokens, float32. GPU: Llama-3-8B shape in bf16, 256 prompts of 512 random
@@ -19,7 +20,11 @@ Ceiling of a decode step: (weight bytes + KV bytes read) / copy bandwidth measur
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
+import os
 import random
+import statistics
 import sys
 import tempfile
 import time
@@ -32,7 +37,10 @@ from bench.harness import copy_bandwidth, report, time_fn  # noqa: E402
 from metareward.engine import Engine, SamplingParams  # noqa: E402
 from metareward.model import CausalLM, ModelConfig  # noqa: E402
 from metareward.model.tokenizer import chat_ids, tiny_tokenizer  # noqa: E402
-from metareward.recipe.templates import load_template  # noqa: E402
+try:  # the templates' module moved with the judging package
+    from metareward.judging.templates import load_template  # noqa: E402
+except ImportError:
+    from metareward.recipe.templates import load_template  # noqa: E402
 
 T0 = time.perf_counter()
 LLAMA2_TOKENIZER = Path(__file__).resolve().parents[2] / "shared/data/tokenizers/llama2"
@@ -131,30 +139,53 @@ def hf_generate(hf, prompts: list[list[int]], max_new: int, batch: int, sample: 
 
 class DecodeSteps:
     """Times each engine step that is a decode step (the whole step: schedule, forward, sample, bookkeeping; its
-    sample() ends in a host copy, so the time includes the GPU's work) and the KV it reads."""
+    sample() ends in a host copy, so the time includes the GPU's work), the parts of it, and the KV it reads.
+    Parts: forward (the model's hidden_states + compute_logits), sample, and host = the rest (scheduling,
+    block-table updates, input tensors, postprocessing)."""
 
     def __init__(self, engine: Engine):
-        self.times: list[float] = []
-        self.ctx_tokens: list[int] = []
-        step, decode = engine.step, engine.runner.decode
-        self.pending: int | None = None
+        self.reset()
+        step, run, sample = engine.step, engine.runner.run, engine.runner.sample
+        model = engine.model
+        hidden, logits = model.hidden_states, model.compute_logits
+        self.pending: dict | None = None
 
-        def timed_decode(seqs):
-            self.pending = sum(len(s) for s in seqs)  # context each sequence attends to, the new token included
-            return decode(seqs)
+        def timed(name, fn):
+            def call(*a, **k):
+                t0 = time.perf_counter()
+                out = fn(*a, **k)
+                if self.pending is not None:
+                    self.pending[name] = self.pending.get(name, 0.0) + time.perf_counter() - t0
+                return out
+            return call
+
+        def timed_run(batch):
+            if not batch.prefill:  # context each sequence attends to, the new token included
+                self.pending = {"ctx": sum(len(s) for s in batch.seqs), "batch": len(batch.seqs)}
+            return run(batch)
 
         def timed_step():
             self.pending = None
             t0 = time.perf_counter()
             out = step()
             if self.pending is not None:
+                p = self.pending
                 self.times.append(time.perf_counter() - t0)
-                self.ctx_tokens.append(self.pending)
+                self.ctx_tokens.append(p["ctx"])
+                self.batch.append(p["batch"])
+                self.forward.append(p.get("forward", 0.0))
+                self.sample.append(p.get("sample", 0.0))
+            self.pending = None
             return out
-        engine.step, engine.runner.decode = timed_step, timed_decode
+        engine.step, engine.runner.run = timed_step, timed_run
+        engine.runner.sample = timed("sample", sample)
+        model.hidden_states, model.compute_logits = timed("forward", hidden), timed("forward", logits)
 
     def reset(self) -> None:
-        self.times, self.ctx_tokens = [], []
+        self.times, self.ctx_tokens, self.batch, self.forward, self.sample = [], [], [], [], []
+
+    def host(self) -> list[float]:
+        return [t - f - s for t, f, s in zip(self.times, self.forward, self.sample)]
 
 
 def floor_seconds(model, ctx_tokens: int, bandwidth: float) -> float:
@@ -239,6 +270,268 @@ def vllm_run(args, cfg, prompts: list[list[int]], new: int, device: torch.device
     return {"workload": "plain", "provider": "vllm (dummy weights)", **in_seconds(t)}
 
 
+# ----------------------------------------------------------------------------------------------------------
+# --model DIR: a real checkpoint (SmolLM2-135M-Instruct on CPU) against transformers on the same tensors
+# ----------------------------------------------------------------------------------------------------------
+SEED_PROMPTS = Path(__file__).resolve().parents[2] / "shared/data/seed_prompts.jsonl"
+
+
+def hf_twin(model, path: str):
+    """transformers' model for the checkpoint at `path`, holding the SAME tensors as our `model`."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+    cfg = AutoConfig.from_pretrained(path, local_files_only=True)
+    hf = AutoModelForCausalLM.from_config(cfg, dtype=model.dtype)  # on the CPU: its buffers (RoPE) are real
+    missing, _ = hf.load_state_dict(model.state_dict(), strict=False, assign=True)
+    hf.tie_weights()
+    if [n for n in missing if "lm_head" not in n]:
+        raise RuntimeError(f"weights not loaded into transformers' model: {missing[:3]}")
+    if hf.lm_head.weight.data_ptr() != model.lm_head.weight.data_ptr():
+        raise RuntimeError("transformers' lm_head does not share our weights")
+    return hf.eval()
+
+
+def useful(tokens: list[int], eos: frozenset) -> int:
+    """Generated tokens up to and including the first stop token (what the engine returns)."""
+    return next((i + 1 for i, t in enumerate(tokens) if t in eos), len(tokens))
+
+
+def hf_rows(hf, prompts: list[list[int]], pad: int, batch: int, **kw) -> list[list[int]]:
+    """transformers' generate over `prompts` in batches of `batch` prompts (left-padded, in the given order);
+    -> the new tokens of every returned row (num_return_sequences rows per prompt, in order)."""
+    out = []
+    for s in range(0, len(prompts), batch):
+        rows = prompts[s:s + batch]
+        width = max(map(len, rows))
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for r, x in enumerate(rows):
+            ids[r, width - len(x):], mask[r, width - len(x):] = torch.tensor(x), 1
+        gen = hf.generate(input_ids=ids, attention_mask=mask, pad_token_id=pad, **kw)
+        out += gen[:, width:].tolist()
+    return out
+
+
+def linear_floor(model, batch: int, reps: int = 5) -> float:
+    """Seconds of one decode step's matmuls alone: every Linear of the model (the lm-head included) applied to
+    a [batch, in_features] input, one after another, median of `reps` passes."""
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    xs = [torch.randn(batch, m.in_features, dtype=model.dtype, device=model.device) for m in linears]
+    times = []
+    with torch.inference_mode():
+        for i in range(reps + 1):
+            t0 = time.perf_counter()
+            for m, x in zip(linears, xs):
+                m(x)
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times[1:])
+
+
+class Competitor:
+    """A CPU-bound process pinned to the last core this process may use (`with Competitor():`)."""
+
+    def __enter__(self):
+        import subprocess
+        core = max(os.sched_getaffinity(0))
+        self.proc = subprocess.Popen([sys.executable, "-c", f"import os\nos.sched_setaffinity(0, {{{core}}})\n"
+                                      "while True: pass"])
+        time.sleep(0.5)
+        return self
+
+    def __exit__(self, *exc):
+        self.proc.kill()
+        self.proc.wait()
+
+
+def uptime() -> str:
+    return Path("/proc/loadavg").read_text().split(" ")[0] if Path("/proc/loadavg").exists() else "n/a"
+
+
+def alternate(runs: dict, reps: int, busy: bool) -> dict:
+    """runs: {provider: fn() -> useful tokens}; each rep runs every provider once, alternating (and, with busy,
+    again with a competing process). -> {(phase, provider): {"times": [...], "tokens": [...], "load": [...]}}"""
+    out = {}
+    phases = ["quiet", "busy"] if busy else ["quiet"]
+    for rep in range(reps):
+        for phase in phases:
+            with Competitor() if phase == "busy" else contextlib.nullcontext():
+                for name, fn in runs.items():
+                    load = uptime()
+                    t0 = time.perf_counter()
+                    tokens = fn()
+                    dt = time.perf_counter() - t0
+                    r = out.setdefault((phase, name), {"times": [], "tokens": [], "load": []})
+                    r["times"].append(dt)
+                    r["tokens"].append(tokens)
+                    r["load"].append(load)
+                    note(f"rep {rep} {phase} {name}: {dt:.2f} s, {tokens} useful tokens, {tokens / dt:.1f} tok/s, "
+                         f"load {load}")
+    return out
+
+
+def rows_of(workload: str, res: dict, extra_engine: dict | None = None) -> list[dict]:
+    rows = []
+    for (phase, name), r in res.items():
+        rates = [n / t for n, t in zip(r["tokens"], r["times"])]
+        rows.append({"workload": workload, "phase": phase, "provider": name,
+                     "median_s": statistics.median(r["times"]), "useful tokens": statistics.median(r["tokens"]),
+                     "useful tok/s": statistics.median(rates), "load": "/".join(r["load"]),
+                     **(extra_engine or {} if name == "engine" else {})})
+    for r in rows:
+        base = next(x for x in rows if x["phase"] == r["phase"] and x["provider"] == "transformers")
+        r["speedup"] = r["useful tok/s"] / base["useful tok/s"]
+    return rows
+
+
+def step_summary(steps: DecodeSteps, model, at_batch: int | None) -> dict:
+    """Median decode step (ms) and its parts; with at_batch, only the steps of that batch size, against the
+    model's matmuls alone at that size."""
+    pick = [i for i, b in enumerate(steps.batch) if at_batch is None or b == at_batch]
+    if not pick:
+        return {}
+    med = lambda xs: 1e3 * statistics.median([xs[i] for i in pick])  # noqa: E731
+    out = {"decode steps": len(pick), "step ms": med(steps.times), "forward ms": med(steps.forward),
+           "sample ms": med(steps.sample), "host ms": med(steps.host())}
+    if at_batch:
+        out["batch"] = at_batch
+        out["matmul floor ms"] = 1e3 * linear_floor(model, at_batch)
+        out["step / floor"] = out["step ms"] / out["matmul floor ms"]
+    return out
+
+
+def model_main(args) -> int:
+    from transformers.utils import logging as hf_logging
+
+    from metareward.model import load_model
+    hf_logging.set_verbosity_error()
+    model, tok = load_model(args.model, dtype="float32", device="cpu")
+    model.eval()
+    hf = hf_twin(model, args.model)
+    eos = frozenset(set(model.config.eos_token_ids) | {tok.eos_token_id})
+    pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    rows = [json.loads(x) for x in Path(args.prompts_file).read_text().splitlines() if x.strip()][:args.prompts]
+    prompts = [chat_ids(tok, [{"role": "user", "content": r["prompt"]}]) for r in rows]
+    engine = Engine(model, tok, max_num_seqs=256, num_threads=args.threads)
+    steps = DecodeSteps(engine)
+    lens = sorted(map(len, prompts))
+    extra = {"model": f"{args.model}: {model.config.num_params / 1e6:.1f}M params, float32",
+             "prompts": f"the first {len(prompts)} of {args.prompts_file} as chat ({lens[0]}-{lens[-1]} tokens, "
+                        f"median {lens[len(lens) // 2]})",
+             "threads": f"engine: {'one per free core' if args.threads is None else args.threads}; transformers: "
+                        f"torch's default ({torch.get_num_threads()})",
+             "load average at start": uptime()}
+    table, details = [], {}
+    workloads = args.workloads.split(",")
+    responses = None
+
+    def engine_run(ps, params):
+        def run():
+            engine.blocks.reset_cache()  # every run starts cold: prefix-cache hits come from within the run
+            steps.reset()
+            outs = engine.generate(ps, params, use_tqdm=False)
+            run.outs = outs
+            return sum(len(s.token_ids) for o in outs for s in o.samples)
+        engine.generate(ps[:2], SamplingParams(max_tokens=2), use_tqdm=False)  # warm-up
+        return run
+
+    def hf_run(ps, batch, **kw):
+        def run():
+            outs = hf_rows(hf, ps, pad, batch, **kw)
+            run.outs = outs
+            return sum(useful(x, eos) for x in outs)
+        hf_rows(hf, ps[:2], pad, 2, max_new_tokens=2, do_sample=False)  # warm-up
+        return run
+
+    if "greedy" in workloads:  # greedy, one batch, fixed length: tokens must agree
+        e = engine_run(prompts, SamplingParams(temperature=0, max_tokens=args.greedy_new, ignore_eos=True))
+        h = hf_run(prompts, len(prompts), do_sample=False, max_new_tokens=args.greedy_new,
+                   min_new_tokens=args.greedy_new)
+        res = alternate({"engine": e, "transformers": h}, args.reps, args.busy)
+        table += rows_of("greedy", res, step_summary(steps, model, len(prompts)))
+        details["greedy tokens, engine vs transformers"] = greedy_match(e.outs, h.outs)
+    if "actor" in workloads or "judge" in workloads:  # n samples at temperature 0.8, top-p 0.95, EOS on
+        n = args.actor_n
+        params = [SamplingParams(n=n, temperature=0.8, top_p=0.95, max_tokens=args.actor_new, seed=i)
+                  for i in range(len(prompts))]
+        e = engine_run(prompts, params)
+        h = hf_run(prompts, len(prompts), do_sample=True, temperature=0.8, top_p=0.95, top_k=0,
+                   num_return_sequences=n, max_new_tokens=args.actor_new)
+        if "actor" in workloads:
+            res = alternate({"engine": e, "transformers": h}, args.reps, args.busy)
+            table += rows_of("actor", res, step_summary(steps, model, len(prompts) * n))
+        else:
+            e()
+        responses = [(r["prompt"], s.text) for r, o in zip(rows, e.outs) for s in o.samples]
+    if "judge" in workloads:  # the recipe's judge template over the actor's responses, N judgments each
+        template = load_template("judge")
+        judge = [chat_ids(tok, [{"role": "user", "content": template.render(question=q, response=a)}])
+                 for q, a in responses]
+        params = [SamplingParams(n=args.judge_n, temperature=0.8, top_p=0.95, max_tokens=args.judge_new, seed=i)
+                  for i in range(len(judge))]
+        e = engine_run(judge, params)
+        h = hf_run(judge, args.hf_batch, do_sample=True, temperature=0.8, top_p=0.95, top_k=0,
+                   num_return_sequences=args.judge_n, max_new_tokens=args.judge_new)
+        res = alternate({"engine": e, "transformers": h}, args.reps, args.busy)
+        table += rows_of("judge", res, {"prefill tokens": engine.stats.computed_tokens})
+        jl = sorted(map(len, judge))
+        details["judge"] = (f"{len(judge)} prompts ({jl[0]}-{jl[-1]} tokens, median {jl[len(jl) // 2]}) x "
+                            f"n={args.judge_n}; transformers in batches of {args.hf_batch} prompts")
+    if "host" in workloads:
+        details["host time per decode step at B=256 (ms)"] = host_prep_times()
+    extra.update(details)
+    extra["load average at end"] = uptime()
+    report("engine vs transformers on a real model", torch.device("cpu"), table,
+           ["workload", "phase", "provider", "median_s", "useful tokens", "useful tok/s", "speedup", "load",
+            "batch", "step ms", "forward ms", "sample ms", "host ms", "matmul floor ms", "step / floor"],
+           args.out, extra)
+    return 0
+
+
+def host_prep_times(batch: int = 256, reps: int = 20) -> dict:
+    """Host work of a decode step without the model: scheduling, block-table upkeep and the step's input
+    tensors, for `batch` sequences holding 64 / 128 / 512 blocks each. 'rebuilt' is the earlier way, the whole
+    [B, max_blocks] table rebuilt from the Python lists every step (what the issue measured)."""
+    from metareward.engine.block_manager import BlockManager
+    from metareward.engine.model_runner import ModelRunner
+    from metareward.engine.scheduler import Scheduler
+    from metareward.engine.sequence import Sequence
+    cfg = ModelConfig.from_hf({"model_type": "llama", "vocab_size": 300, "hidden_size": 8, "intermediate_size": 8,
+                               "num_hidden_layers": 1, "num_attention_heads": 1, "num_key_value_heads": 1,
+                               "max_position_embeddings": 1 << 14})
+    out = {}
+    for nblk in (64, 128, 512):
+        page = 16
+        model = CausalLM(cfg)
+        runner = ModelRunner(model, page, (nblk + 2) * page, batch, batch * (nblk + 2), 0, False)
+        runner.allocate()
+        bm = BlockManager(batch * (nblk + 2), page)
+        sched = Scheduler(bm, batch, 1 << 30)
+        seqs = [Sequence(i, i, 0, [1 + i % 250] + [i % 7] * (nblk * page - page // 2), SamplingParams(), 0)
+                for i in range(batch)]
+        for s in seqs:
+            sched.add(s)
+        b = sched.schedule()  # admit them all (one prefill batch), then decode steps
+        for s, n in zip(b.seqs, b.num_tokens):
+            s.num_computed += n
+            s.token_ids.append(3)
+        new, old = [], []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            b = sched.schedule()
+            runner._sync_tables(b.seqs)
+            runner.decode_inputs(b.seqs)
+            new.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            width = max(len(s.block_table) for s in b.seqs)
+            torch.tensor([s.block_table + [0] * (width - len(s.block_table)) for s in b.seqs], dtype=torch.int32)
+            old.append(time.perf_counter() - t0)
+            for s in b.seqs:  # what postprocessing does: the KV is computed, a token appended
+                s.num_computed += 1
+                s.token_ids.append(3)
+        out[f"{nblk} blocks"] = {"incremental": round(1e3 * statistics.median(new), 3),
+                                 "table rebuilt (the rebuild alone)": round(1e3 * statistics.median(old), 3)}
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cuda", "cpu"])
@@ -256,7 +549,21 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3, help="timed runs of each provider, after a warm-up")
     ap.add_argument("--hf-reps", type=int, help="timed runs of transformers (default 2 cuda, 3 cpu)")
     ap.add_argument("--vllm", action="store_true", help="run vLLM alone on the plain workload")
+    m = ap.add_argument_group("--model DIR: a real checkpoint on CPU against transformers on the same tensors")
+    m.add_argument("--model", help="a model directory (e.g. /work/cache/smollm2-135m-f32)")
+    m.add_argument("--workloads", default="greedy,actor,judge,host", help="comma list of greedy, actor, judge, host")
+    m.add_argument("--prompts-file", default=str(SEED_PROMPTS), help="JSONL with a `prompt` field per line")
+    m.add_argument("--greedy-new", type=int, default=96, help="greedy: new tokens (ignore_eos)")
+    m.add_argument("--actor-n", type=int, default=4, help="actor: samples per prompt")
+    m.add_argument("--actor-new", type=int, default=128, help="actor: at most this many new tokens (EOS on)")
+    m.add_argument("--judge-n", type=int, default=3, help="judge: judgments per response")
+    m.add_argument("--busy", action="store_true", help="also run every rep with a CPU-bound process on one core")
+    m.add_argument("--threads", type=int, help="engine threads (default: one per free core)")
     args = ap.parse_args()
+    if args.model:
+        args.prompts, args.judge_new = args.prompts or 16, args.judge_new or 128
+        args.hf_batch = args.hf_batch or 16
+        return model_main(args)
     device = torch.device(args.device)
     gpu = device.type == "cuda"
     shape = args.shape or ("llama3-8b" if gpu else "small")

@@ -152,12 +152,16 @@ class ModelRunner:
         t = torch.arange(width, device=self.device)
         return ((t <= pos_grid[:, :, None]) & (t < k_lens[:, None, None]))[:, None]
 
+    def decode_inputs(self, seqs: list[Sequence]) -> torch.Tensor:
+        # -> int64 [5, B] on the device (graphs.FIELDS): O(B) host work, one copy; the block tables stay put
+        bs, last = self.block_size, [len(s) - 1 for s in seqs]
+        return self._tensor([[s.token_ids[-1] for s in seqs], last,
+                             [s.block_table[p // bs] * bs + p % bs for s, p in zip(seqs, last)],
+                             [p + 1 for p in last], [s.row for s in seqs]])
+
     def _decode(self, seqs: list[Sequence]) -> torch.Tensor:
         """Compute the KV of each sequence's last token; -> logits [B, V] for its next token."""
-        bs, last = self.block_size, [len(s) - 1 for s in seqs]
-        inputs = self._tensor([[s.token_ids[-1] for s in seqs], last,
-                               [s.block_table[p // bs] * bs + p % bs for s, p in zip(seqs, last)],
-                               [p + 1 for p in last], [s.row for s in seqs]])  # [5, B], graphs.FIELDS
+        inputs = self.decode_inputs(seqs)
         if self.cuda_graphs and len(seqs) <= self.max_num_seqs:
             if self.graphs is None:
                 self.graphs = DecodeGraphs(self._decode_forward, list(self.model.parameters()), self.max_num_seqs,

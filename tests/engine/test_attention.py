@@ -1,4 +1,5 @@
 """The batched variable-length attention: one SDPA call over a padded batch equals one call per sequence."""
+import pytest
 import torch
 
 from metareward.model.attention import Packed, sdpa
@@ -32,3 +33,28 @@ def test_packed_keeps_per_sequence_calls_when_padding_dominates():
     attn = Packed(lens)
     torch.testing.assert_close(attn(0, q, k, v), per_sequence(q, k, v, lens))
     assert attn._padding is None
+
+
+@pytest.mark.parametrize("shared", [0, 3])
+def test_cpu_decode_matches_the_reference(shared):
+    from metareward.engine.attention import CpuDecode
+    from metareward.kernels.paged_attention import paged_attention_decode_torch
+    g = torch.Generator().manual_seed(shared)
+    page, hkv, hq, d = 4, 2, 6, 8
+    kc, vc = torch.randn(64, page, hkv, d, generator=g), torch.randn(64, page, hkv, d, generator=g)
+    lens = [13, 40, 12, 0, 27, 14, 90 // 7]  # a padding row (0); with shared=3 one context ends at the prefix
+    perm = torch.randperm(63, generator=g).tolist()
+    prefix, rest = perm[:shared], perm[shared:]
+    bt = torch.full((len(lens), 12), 63, dtype=torch.int32)
+    for i, n in enumerate(lens):
+        own = -(-n // page) - shared if n else 0
+        row, rest = prefix + rest[:own], rest[own:]
+        bt[i, :len(row)] = torch.tensor(row, dtype=torch.int32)
+        if n:  # stale slots past the context: must not leak, even as inf/NaN
+            kc.view(-1, hkv, d)[row[-1] * page + (n - 1) % page + 1:(row[-1] + 1) * page] = float("inf")
+            vc.view(-1, hkv, d)[row[-1] * page + (n - 1) % page + 1:(row[-1] + 1) * page] = float("nan")
+    ctx = torch.tensor(lens, dtype=torch.int32)
+    q = torch.randn(len(lens), hq, d, generator=g)
+    plan = CpuDecode(bt, ctx, page)
+    assert plan.shared == shared
+    torch.testing.assert_close(plan(q, kc, vc), paged_attention_decode_torch(q, kc, vc, bt, ctx, d ** -0.5))
