@@ -256,7 +256,8 @@ def _chunk_stats(x, idx, ok, inv_t, greedy, noisy, need_sz, gbest, ka, kb, R: tl
     # this program has already seen (z <= max z, noise < G_MAX): the row's winner is never in such a chunk
     best = tl.full([R, 1], _NEG, tl.float32)
     best_i = tl.full([R, 1], 2147483647, tl.int32)
-    drawing = ok & (greedy | (noisy & (m * inv_t + _G_MAX >= gbest)))
+    mz = m * inv_t  # = max z of the chunk (rounding is monotone); the slack covers a key's own rounding at any |z|
+    drawing = ok & (greedy | (noisy & (mz + _G_MAX + tl.abs(mz) * 1e-6 >= gbest)))
     if tl.max(drawing.to(tl.int32)) > 0:
         key = z
         if tl.max((drawing & ~greedy).to(tl.int32)) > 0:
