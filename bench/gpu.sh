@@ -63,8 +63,11 @@ fail() { echo "$*" | tee -a "$LOG" >&2; exit 2; }
 
 command -v python3 >/dev/null 2>&1 || fail "error: python3 not found on PATH: nothing was run"
 
-# preflight: one line on failure (exit 2), a few lines of versions on success
-PREFLIGHT=$(timeout 120 python3 - 2>/dev/null <<'EOF'
+# preflight: one line on failure (exit 2), a few lines of versions on success. A file, not stdin: @triton.jit
+# reads its function's source.
+PRE_DIR=$(mktemp -d)
+trap 'rm -rf "$PRE_DIR"' EXIT
+cat >"$PRE_DIR/preflight.py" <<'EOF'
 import os
 import shutil
 import sys
@@ -135,7 +138,7 @@ for name in ("transformers", "flash_attn", "flashinfer", "liger_kernel", "vllm")
     except Exception as e:
         print(f"{name}: absent ({type(e).__name__})")
 EOF
-)
+PREFLIGHT=$(timeout 120 python3 "$PRE_DIR/preflight.py" 2>/dev/null)
 rc=$?
 if [ "$rc" != 0 ]; then
   line=$(printf '%s\n' "$PREFLIGHT" | grep -m1 '^error:')
@@ -145,7 +148,9 @@ fi
 
 say "# bench/gpu.sh $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(hostname), commit $(git rev-parse --short HEAD 2>/dev/null || echo '?'), out: $OUT_DIR"
 say "$PREFLIGHT"
-{ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 || true; } | tee -a "$LOG"
+if command -v nvidia-smi >/dev/null 2>&1; then
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 | tee -a "$LOG"
+fi
 printf 'step\tlimit_s\texit\tseconds\n' >"$OUT_DIR/steps.tsv"
 
 # step NAME LIMIT_S CMD: run CMD under min(LIMIT_S, time left); record a failure, never stop
