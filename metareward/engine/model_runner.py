@@ -12,7 +12,7 @@ import torch
 
 from ..kernels.sample import sample
 from ..model.attention import Padding, flash_attn_varlen_func
-from .attention import PagedDecode, PagedPrefill
+from .attention import PagedDecode, PagedPrefill, PrefillGroup, prefill_groups
 from .graphs import DecodeGraphs
 from .scheduler import Batch
 from .sequence import Sequence
@@ -113,41 +113,55 @@ class ModelRunner:
     def _prefill(self, seqs: list[Sequence], counts: list[int]) -> torch.Tensor:
         """Compute each chunk's KV; -> logits at the last token of every sequence the chunk completes."""
         starts = [s.num_computed for s in seqs]
+        k_lens = [a + n for a, n in zip(starts, counts)]
         ids = list(itertools.chain.from_iterable(s.token_ids[a:a + n] for s, a, n in zip(seqs, starts, counts)))
-        done = [i for i, (s, a, n) in enumerate(zip(seqs, starts, counts)) if a + n == len(s)]
-        meta = self._tensor([starts, counts, [s.row for s in seqs]])  # [3, S]
-        start, count, rows = meta.unbind(0)
-        queries = Padding.of(counts, self.device)
+        done = [i for i, (s, k) in enumerate(zip(seqs, k_lens)) if k == len(s)]
+        meta = self._tensor([starts, counts, [s.row for s in seqs], list(itertools.accumulate([0] + counts[:-1]))])
+        start, count, rows, first = meta.unbind(0)  # [S] each; first: a sequence's first token in the packing
         bs = self.block_size
-        pos_grid = start[:, None] + torch.arange(queries.width, device=self.device)  # [S, Tq]
-        positions = pos_grid.view(-1)[queries.index]
+        seq_of = torch.repeat_interleave(torch.arange(len(seqs), device=self.device), count)  # [N]
+        positions = start[seq_of] + torch.arange(len(ids), device=self.device) - first[seq_of]
         table = self.table.index_select(0, rows).long()  # [S, max_blocks]
-        slots = (table.gather(1, pos_grid.clamp(max=self.max_blocks_per_seq * bs - 1) // bs) * bs
-                 + pos_grid % bs).view(-1)[queries.index]
-        fresh, k_width = not any(starts), max(a + n for a, n in zip(starts, counts))
-        if fresh:  # no earlier tokens anywhere: each context is the sequence's own new tokens
-            context, mask = None, (None if queries.dense else self._mask(pos_grid, count, k_width))
-        else:
-            t = torch.arange(k_width, device=self.device)
-            null = self.kv.shape[2] - 1
-            context = torch.where(t < (start + count)[:, None], table[:, t // bs] * bs + t % bs, null * bs)
-            mask = self._mask(pos_grid, start + count, k_width)
+        slots = table[seq_of, positions // bs] * bs + positions % bs
         flash = None
         if flash_attn_varlen_func is not None and self.device.type == "cuda" and \
                 self.model.dtype in (torch.float16, torch.bfloat16):
-            k_lens = [a + n for a, n in zip(starts, counts)]
-            t = torch.arange(k_width, device=self.device)
+            t = torch.arange(max(k_lens), device=self.device)
             ctx = (table[:, t // bs] * bs + t % bs)[t < (start + count)[:, None]]
             i32 = torch.int32
             flash = (ctx, self._tensor([0] + counts, i32).cumsum(0, dtype=i32),
                      self._tensor([0] + k_lens, i32).cumsum(0, dtype=i32), max(counts), max(k_lens))
-        attn = PagedPrefill(self.kv, slots, queries, context, mask, flash)
+            groups = []
+        else:
+            parts = prefill_groups(counts, k_lens)
+            parts = [list(range(len(seqs)))] if len(parts) == 1 else parts  # one group: in packing order
+            groups = [self._group(g, starts, counts, k_lens, start, count, first, table) for g in parts]
+            if len(groups) == 1:
+                groups[0].tokens = None  # every token, as packed
+        attn = PagedPrefill(self.kv, slots, groups, flash)
         h = self.model.hidden_states(self._tensor(ids), positions, attn)
         last = torch.cumsum(count, 0) - 1
         return self.model.compute_logits(h[last[self._tensor(done)]])
 
+    def _group(self, g: list[int], starts, counts, k_lens, start, count, first, table) -> PrefillGroup:
+        # the sequences g of a prefill batch as one padded SDPA call: queries [len(g), Tq], contexts [len(g), Tk]
+        gi = self._tensor(g)
+        tq, tk = max(counts[i] for i in g), max(k_lens[i] for i in g)
+        q = torch.arange(tq, device=self.device)
+        valid = q < count[gi][:, None]  # [g, Tq]
+        queries = Padding(valid.view(-1).nonzero().squeeze(1), len(g), tq)
+        tokens = (first[gi][:, None] + q)[valid]  # packed indices of the group's tokens, in grid order
+        pos_grid = start[gi][:, None] + q  # [g, Tq]
+        if not any(starts[i] for i in g):  # no earlier tokens: each context is the sequence's own new tokens
+            return PrefillGroup(tokens, queries, None, None if queries.dense else self._mask(pos_grid, count[gi], tk))
+        t = torch.arange(tk, device=self.device)
+        bs, null = self.block_size, self.kv.shape[2] - 1
+        k_len = start[gi] + count[gi]
+        context = torch.where(t < k_len[:, None], table[gi][:, t // bs] * bs + t % bs, null * bs)
+        return PrefillGroup(tokens, queries, context, self._mask(pos_grid, k_len, tk))
+
     def _mask(self, pos_grid: torch.Tensor, k_lens: torch.Tensor, width: int) -> torch.Tensor:
-        # bool [S, 1, Tq, Tk]: the query at position p sees keys t <= p of its own context (t < k_len);
+        # bool [g, 1, Tq, Tk]: the query at position p sees keys t <= p of its own context (t < k_len);
         # padding queries sit past k_len and see the whole context, so no row is empty
         t = torch.arange(width, device=self.device)
         return ((t <= pos_grid[:, :, None]) & (t < k_lens[:, None, None]))[:, None]

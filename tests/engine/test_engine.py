@@ -251,3 +251,21 @@ def test_thread_count_setting(llama_pair, tok):
     assert set(seen) == {1} and torch.get_num_threads() == before  # the caller's count is restored
     with pytest.raises(UserError, match="num_threads"):
         Engine(model, tok, num_threads=0)
+
+
+def test_prefill_in_several_padded_groups_matches_full_forward(llama_pair, tok, monkeypatch):
+    import metareward.engine.model_runner as mr
+    from metareward.engine.attention import prefill_groups
+    _, model = llama_pair
+    seen = []
+    monkeypatch.setattr(mr, "prefill_groups", lambda q, k: seen.append(prefill_groups(q, k)) or seen[-1])
+    engine = Engine(model, tok, num_kv_blocks=256, block_size=4)
+    rubric = "Grade the answer from 0 to 5 and explain briefly why. " * 3
+    prompts = [rubric + f"Answer {i}: " + "yes " * (i % 5) for i in range(9)] + ["z" * 150]
+    cands = [48, 49, 50]
+    got = engine.next_token_logprobs(prompts, cands, use_tqdm=False)
+    assert any(len(g) > 1 for g in seen)  # a fresh long prompt and short cached ones: more than one group
+    for p, row in zip(prompts, got):
+        with torch.no_grad():
+            ref = torch.log_softmax(model(torch.tensor([engine.encode(p)]))[0, -1].double(), -1)[cands]
+        assert row == pytest.approx(ref.tolist(), abs=1e-5)
