@@ -175,6 +175,7 @@ class DecodeSteps:
                 self.batch.append(p["batch"])
                 self.forward.append(p.get("forward", 0.0))
                 self.sample.append(p.get("sample", 0.0))
+                self.threads.append(torch.get_num_threads())
             self.pending = None
             return out
         engine.step, engine.runner.run = timed_step, timed_run
@@ -183,6 +184,7 @@ class DecodeSteps:
 
     def reset(self) -> None:
         self.times, self.ctx_tokens, self.batch, self.forward, self.sample = [], [], [], [], []
+        self.threads: list[int] = []
 
     def host(self) -> list[float]:
         return [t - f - s for t, f, s in zip(self.times, self.forward, self.sample)]
@@ -363,19 +365,27 @@ def alternate(runs: dict, reps: int, busy: bool) -> dict:
                     r["times"].append(dt)
                     r["tokens"].append(tokens)
                     r["load"].append(load)
+                    if hasattr(fn, "after"):  # outside the timing: e.g. the step summary and the matmul floor
+                        fn.after(phase)
                     note(f"rep {rep} {phase} {name}: {dt:.2f} s, {tokens} useful tokens, {tokens / dt:.1f} tok/s, "
                          f"load {load}")
     return out
 
 
-def rows_of(workload: str, res: dict, extra_engine: dict | None = None) -> list[dict]:
+def rows_of(workload: str, res: dict, engine_run=None, extra: dict | None = None) -> list[dict]:
     rows = []
     for (phase, name), r in res.items():
         rates = [n / t for n, t in zip(r["tokens"], r["times"])]
+        more = {}
+        if name == "engine":
+            more = dict(extra or {})
+            per_rep = getattr(engine_run, "summaries", {}).get(phase, [])
+            for k in (per_rep[0] if per_rep else {}):  # median over the reps of each step figure
+                vals = [x[k] for x in per_rep if k in x]
+                more[k] = statistics.median(vals) if isinstance(vals[0], (int, float)) else "/".join(sorted(set(vals)))
         rows.append({"workload": workload, "phase": phase, "provider": name,
                      "median_s": statistics.median(r["times"]), "useful tokens": statistics.median(r["tokens"]),
-                     "useful tok/s": statistics.median(rates), "load": "/".join(r["load"]),
-                     **(extra_engine or {} if name == "engine" else {})})
+                     "useful tok/s": statistics.median(rates), "load": "/".join(r["load"]), **more})
     for r in rows:
         base = next(x for x in rows if x["phase"] == r["phase"] and x["provider"] == "transformers")
         r["speedup"] = r["useful tok/s"] / base["useful tok/s"]
@@ -389,11 +399,18 @@ def step_summary(steps: DecodeSteps, model, at_batch: int | None) -> dict:
     if not pick:
         return {}
     med = lambda xs: 1e3 * statistics.median([xs[i] for i in pick])  # noqa: E731
-    out = {"decode steps": len(pick), "step ms": med(steps.times), "forward ms": med(steps.forward),
+    threads = sorted(set(steps.threads[i] for i in pick))
+    out = {"decode steps": len(pick), "engine threads": "/".join(map(str, threads)), "step ms": med(steps.times),
+           "forward ms": med(steps.forward),
            "sample ms": med(steps.sample), "host ms": med(steps.host())}
     if at_batch:
         out["batch"] = at_batch
-        out["matmul floor ms"] = 1e3 * linear_floor(model, at_batch)
+        saved = torch.get_num_threads()
+        torch.set_num_threads(steps.threads[pick[-1]])  # the engine's own thread count
+        try:
+            out["matmul floor ms"] = 1e3 * linear_floor(model, at_batch)
+        finally:
+            torch.set_num_threads(saved)
         out["step / floor"] = out["step ms"] / out["matmul floor ms"]
     return out
 
@@ -417,47 +434,57 @@ def model_main(args) -> int:
              "prompts": f"the first {len(prompts)} of {args.prompts_file} as chat ({lens[0]}-{lens[-1]} tokens, "
                         f"median {lens[len(lens) // 2]})",
              "threads": f"engine: {'one per free core' if args.threads is None else args.threads}; transformers: "
-                        f"torch's default ({torch.get_num_threads()})",
+                        f"{args.hf_threads or f'torch default ({torch.get_num_threads()})'}",
              "load average at start": uptime()}
     table, details = [], {}
     workloads = args.workloads.split(",")
     responses = None
 
-    def engine_run(ps, params):
+    def engine_run(ps, params, floor_batch=None):
         def run():
             engine.blocks.reset_cache()  # every run starts cold: prefix-cache hits come from within the run
             steps.reset()
             outs = engine.generate(ps, params, use_tqdm=False)
-            run.outs = outs
+            run.outs, run.computed = outs, engine.stats.computed_tokens
             return sum(len(s.token_ids) for o in outs for s in o.samples)
+
+        def after(phase):
+            run.summaries.setdefault(phase, []).append(step_summary(steps, model, floor_batch))
+        run.after, run.summaries = after, {}
         engine.generate(ps[:2], SamplingParams(max_tokens=2), use_tqdm=False)  # warm-up
         return run
 
     def hf_run(ps, batch, **kw):
         def run():
-            outs = hf_rows(hf, ps, pad, batch, **kw)
+            saved = torch.get_num_threads()
+            torch.set_num_threads(args.hf_threads or saved)
+            try:
+                outs = hf_rows(hf, ps, pad, batch, **kw)
+            finally:
+                torch.set_num_threads(saved)
             run.outs = outs
             return sum(useful(x, eos) for x in outs)
         hf_rows(hf, ps[:2], pad, 2, max_new_tokens=2, do_sample=False)  # warm-up
         return run
 
     if "greedy" in workloads:  # greedy, one batch, fixed length: tokens must agree
-        e = engine_run(prompts, SamplingParams(temperature=0, max_tokens=args.greedy_new, ignore_eos=True))
+        e = engine_run(prompts, SamplingParams(temperature=0, max_tokens=args.greedy_new, ignore_eos=True),
+                       len(prompts))
         h = hf_run(prompts, len(prompts), do_sample=False, max_new_tokens=args.greedy_new,
                    min_new_tokens=args.greedy_new)
         res = alternate({"engine": e, "transformers": h}, args.reps, args.busy)
-        table += rows_of("greedy", res, step_summary(steps, model, len(prompts)))
+        table += rows_of("greedy", res, e)
         details["greedy tokens, engine vs transformers"] = greedy_match(e.outs, h.outs)
     if "actor" in workloads or "judge" in workloads:  # n samples at temperature 0.8, top-p 0.95, EOS on
         n = args.actor_n
         params = [SamplingParams(n=n, temperature=0.8, top_p=0.95, max_tokens=args.actor_new, seed=i)
                   for i in range(len(prompts))]
-        e = engine_run(prompts, params)
+        e = engine_run(prompts, params, len(prompts) * n)
         h = hf_run(prompts, len(prompts), do_sample=True, temperature=0.8, top_p=0.95, top_k=0,
                    num_return_sequences=n, max_new_tokens=args.actor_new)
         if "actor" in workloads:
             res = alternate({"engine": e, "transformers": h}, args.reps, args.busy)
-            table += rows_of("actor", res, step_summary(steps, model, len(prompts) * n))
+            table += rows_of("actor", res, e)
         else:
             e()
         responses = [(r["prompt"], s.text) for r, o in zip(rows, e.outs) for s in o.samples]
@@ -471,7 +498,7 @@ def model_main(args) -> int:
         h = hf_run(judge, args.hf_batch, do_sample=True, temperature=0.8, top_p=0.95, top_k=0,
                    num_return_sequences=args.judge_n, max_new_tokens=args.judge_new)
         res = alternate({"engine": e, "transformers": h}, args.reps, args.busy)
-        table += rows_of("judge", res, {"prefill tokens": engine.stats.computed_tokens})
+        table += rows_of("judge", res, e, {"prefill tokens": e.computed})
         jl = sorted(map(len, judge))
         details["judge"] = (f"{len(judge)} prompts ({jl[0]}-{jl[-1]} tokens, median {jl[len(jl) // 2]}) x "
                             f"n={args.judge_n}; transformers in batches of {args.hf_batch} prompts")
@@ -481,7 +508,7 @@ def model_main(args) -> int:
     extra["load average at end"] = uptime()
     report("engine vs transformers on a real model", torch.device("cpu"), table,
            ["workload", "phase", "provider", "median_s", "useful tokens", "useful tok/s", "speedup", "load",
-            "batch", "step ms", "forward ms", "sample ms", "host ms", "matmul floor ms", "step / floor"],
+            "engine threads", "batch", "step ms", "forward ms", "sample ms", "host ms", "matmul floor ms", "step / floor"],
            args.out, extra)
     return 0
 
@@ -559,6 +586,7 @@ def main() -> int:
     m.add_argument("--judge-n", type=int, default=3, help="judge: judgments per response")
     m.add_argument("--busy", action="store_true", help="also run every rep with a CPU-bound process on one core")
     m.add_argument("--threads", type=int, help="engine threads (default: one per free core)")
+    m.add_argument("--hf-threads", type=int, help="transformers' threads (default: torch's default)")
     args = ap.parse_args()
     if args.model:
         args.prompts, args.judge_new = args.prompts or 16, args.judge_new or 128

@@ -75,7 +75,7 @@ class ModelRunner:
         load_state_dict(assign=True) or a `.data =` swap; values change in place on an optimizer step
         (weights_version, and every in-place op bumps the tensor's version counter) or load_state_dict."""
         params = list(self.model.parameters())
-        storage = tuple(p.data_ptr() for p in params)
+        storage = tuple(map(_address, params))
         values = (self.model.weights_version, tuple(p._version for p in params))
         if self.weights is not None and self.weights[0] != storage:
             self.graphs = None
@@ -209,3 +209,8 @@ class ModelRunner:
     def logprobs_of(self, logits: torch.Tensor, token_ids: torch.Tensor) -> list[list[float]]:
         # next_token_logprobs: log p(t) of each candidate t, [R, len(token_ids)]
         return torch.log_softmax(logits.float(), dim=-1)[:, token_ids.to(logits.device)].tolist()
+
+
+def _address(p: torch.Tensor) -> int:
+    # a sharded parameter (FSDP2's DTensor, outside trainer.distributed.gathered()) has no storage of its own
+    return p.to_local().data_ptr() if hasattr(p, "to_local") else p.data_ptr()
