@@ -35,7 +35,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-os.environ.pop("TRITON_INTERPRET", None)  # read when triton is imported: this report compiles, never interprets
+if __name__ == "__main__":  # read when triton is imported: this report compiles, never interprets (an importing
+    os.environ.pop("TRITON_INTERPRET", None)  # test process keeps its interpreter for the kernel tests after it)
 warnings.filterwarnings("ignore", message="TRITON_DEFAULT_FP_FUSION is unset")  # the GPU run has the same default
 warnings.filterwarnings("ignore", message="Accessing the data pointer of FakeTensor")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

@@ -115,8 +115,8 @@ def check_inputs(configs: list[RunConfig], device: str | None) -> list[Prompt]:
         if w.judge not in ("initial", TINY):
             inspect_model(w.judge)
     if c0.eval.ifeval.data:
-        from .eval.ifeval import read_data
-        read_data(c0.eval.ifeval.data)
+        from .eval.ifeval import load_data
+        load_data(c0.eval.ifeval.data)
     if c0.eval.judge_agreement.data:
         formats.read_judge_pairs(c0.eval.judge_agreement.data, c0.eval.judge_agreement.format)
     return prompts

@@ -51,9 +51,11 @@ class Context:
         return [cls(**r) for r in rows] if cls else rows
 
     def write(self, name: str, rows: Sequence) -> None:
-        """Rank 0 writes the artifact atomically; the stage is recorded only after it is complete."""
+        """Rank 0 writes the artifact atomically; the stage is recorded only after it is complete. Every process
+        calls this, and returns once the file is there (a stage may read what it wrote: the win rate its answers)."""
         if self.dist.is_main:
             write_jsonl(self.dir / name, (r if isinstance(r, dict) else dataclasses.asdict(r) for r in rows))
+        self.dist.barrier()
 
     def seed(self, *key) -> int:
         return seed_of(self.cfg.seed, self.t, *key)

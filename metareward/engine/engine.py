@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
@@ -49,7 +49,6 @@ class Stats:
     output_tokens: int = 0
     seconds: float = 0.0
     preemptions: int = 0
-    steps: dict = field(default_factory=lambda: {"prefill": 0, "decode": 0})
 
     @property
     def hit_rate(self) -> float:
@@ -58,6 +57,14 @@ class Stats:
     @property
     def tokens_per_s(self) -> float:
         return self.output_tokens / max(self.seconds, 1e-9)
+
+
+def _check_finite(logprob: float) -> None:
+    # NaN logits (broken weights, an overflow in float16) give a NaN log-probability: the host already holds it,
+    # so the check costs no device sync
+    if logprob != logprob:
+        raise UserError("the model's logits are not finite (NaN): its weights are broken, or float16 overflows "
+                        "(try float32 or bfloat16)")
 
 
 class Engine:
@@ -161,7 +168,7 @@ class Engine:
             self.scheduler.add(self._new_seq(i, 0, x, p, capture))
         bar = tqdm(total=len(prompts), desc=desc, unit="req", disable=not use_tqdm, dynamic_ncols=True)
         t0, out0, pre0 = time.perf_counter(), self.stats.output_tokens, self.scheduler.num_preemptions
-        with self.threads or contextlib.nullcontext():
+        with bar, self.threads or contextlib.nullcontext():  # the bar closes before an error is printed
             while self.scheduler.has_work():
                 for seq in self.step():
                     done[seq.request].append(seq)
@@ -173,7 +180,6 @@ class Engine:
                     tok_s = (self.stats.output_tokens - out0) / max(time.perf_counter() - t0, 1e-9)
                     bar.set_postfix_str(f"{tok_s:.0f} tok/s out, prefix cache {self.stats.hit_rate:.0%}",
                                         refresh=False)
-        bar.close()
         self.stats.seconds += time.perf_counter() - t0
         self.stats.preemptions += self.scheduler.num_preemptions - pre0
         return ids, done
@@ -195,7 +201,6 @@ class Engine:
         return self._postprocess(batch, logits)
 
     def _postprocess(self, batch: Batch, logits: torch.Tensor) -> list[Sequence]:
-        self.stats.steps["prefill" if batch.prefill else "decode"] += 1
         if batch.prefill:
             self.stats.computed_tokens += sum(batch.num_tokens)
         rows, seqs, row = [], [], -1  # logits row -> the sequence that takes its next token from it
@@ -219,11 +224,13 @@ class Engine:
         logits = logits[torch.tensor(rows, device=logits.device)] if len(rows) > logits.shape[0] else logits
         if seqs[0].capture is not None:  # next_token_logprobs: read the distribution, sample nothing
             for seq, lp in zip(seqs, self.runner.logprobs_of(logits, seqs[0].capture)):
+                _check_finite(lp[0])
                 seq.captured, seq.finish_reason = lp, "stop"
                 self.scheduler.finish(seq)
             return seqs
         finished = []
         for seq, tok, lp in zip(seqs, *self.runner.sample(logits, seqs)):
+            _check_finite(lp)
             seq.append(tok, lp)
             self.stats.output_tokens += 1
             if self._stopped(seq):

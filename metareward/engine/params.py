@@ -40,7 +40,3 @@ class SamplingParams:
         for ok, message in checks:
             if not ok:
                 raise UserError(message)
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0

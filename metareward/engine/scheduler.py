@@ -54,12 +54,13 @@ class Scheduler:
     # -- prefill ---------------------------------------------------------------------------------------
     def _prefill(self) -> Batch | None:
         seqs, counts, budget = [], [], self.max_tokens
+        promised = 0  # blocks the first decode steps of the prompts scheduled in this step will take
         if self.partial is not None:
             seq = self.partial
             n = min(len(seq) - seq.num_computed, budget)
-            alone = len(self.running) == 1
             need = self.blocks.new_blocks_needed(seq, seq.num_computed + n)
-            if need + (0 if alone else self._first_decode(seq, seq.num_computed + n, True)) > self.blocks.num_free:
+            promised = 0 if len(self.running) == 1 else self._first_decode(seq, seq.num_computed + n, True)
+            if need + promised > self.blocks.num_free:
                 return None  # decode meanwhile: it frees blocks (or preempts this sequence)
             self.blocks.reserve(seq, seq.num_computed + n)
             seqs.append(seq)
@@ -77,8 +78,10 @@ class Scheduler:
             start = len(hits) * self.blocks.block_size
             n = min(len(seq) - start, budget)
             need = self.blocks.new_blocks_needed(seq, start + n, hits)
-            if need + (0 if idle else self._first_decode(seq, start + n, False)) > self.blocks.num_free:
+            later = 0 if idle else self._first_decode(seq, start + n, False)
+            if need + later + promised > self.blocks.num_free:
                 break
+            promised += later
             self.waiting.popleft()
             if not seq.prefilled_once:
                 seq.num_cached = start

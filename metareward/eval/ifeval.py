@@ -69,24 +69,22 @@ def read_responses(path, rows: list[dict]) -> list[str]:
     return out
 
 
-def generate(*, model, rows: list[dict], max_tokens: int, dtype=None, device=None) -> tuple[list[dict], dict]:
-    """Greedy answers ([{response, finish_reason, num_tokens}]) and generation statistics."""
-    from .. import load_model
-    from ..engine import Engine, SamplingParams
+def answer(engine, rows: list[dict], max_tokens: int, desc: str = "ifeval") -> list[dict]:
+    """Greedy answers through an engine: [{response, finish_reason, num_tokens}] in the rows' order."""
+    from ..engine import SamplingParams
 
-    m, tok = load_model(model, dtype=dtype, device=device)
-    engine = Engine(m, tok)
-    t0 = time.perf_counter()
+    if not rows:
+        return []
     outs = engine.generate([[{"role": "user", "content": r["prompt"]}] for r in rows],
-                           SamplingParams(temperature=0.0, max_tokens=max_tokens), desc="ifeval")
-    seconds = time.perf_counter() - t0
-    answers = [{"response": o.samples[0].text, "finish_reason": o.samples[0].finish_reason,
-                "num_tokens": len(o.samples[0].token_ids)} for o in outs]
+                           SamplingParams(temperature=0.0, max_tokens=max_tokens), desc=desc)
+    return [{"response": o.samples[0].text, "finish_reason": o.samples[0].finish_reason,
+             "num_tokens": len(o.samples[0].token_ids)} for o in outs]
+
+
+def generation_stats(answers: list[dict], seconds: float, max_tokens: int) -> dict:
     n = sum(a["num_tokens"] for a in answers)
-    stats = {"seconds": round(seconds, 2), "output_tokens": n, "tokens_per_s": round(n / max(seconds, 1e-9), 1),
-             "truncated": sum(a["finish_reason"] == "length" for a in answers), "max_tokens": max_tokens}
-    engine.release()
-    return answers, stats
+    return {"seconds": round(seconds, 2), "output_tokens": n, "tokens_per_s": round(n / max(seconds, 1e-9), 1),
+            "truncated": sum(a["finish_reason"] == "length" for a in answers), "max_tokens": max_tokens}
 
 
 def accuracies(strict: list[list[bool]], loose: list[list[bool]], idx: np.ndarray | None = None) -> dict:
@@ -114,6 +112,27 @@ def bootstrap(strict, loose, *, resamples: int = 1000, seed: int = 0, level: flo
             for k in METRICS}
 
 
+def score(rows: list[dict], answers: list[dict], *, bootstrap_resamples: int = 1000, seed: int = 0
+          ) -> tuple[list[dict], dict]:
+    """lm-eval's checks on each answer -> (one record per prompt, the four accuracies with their intervals)."""
+    from .ifeval_checks import check
+
+    strict, loose, records = [], [], []
+    for row, ans in zip(rows, answers, strict=True):
+        s, lo = check(row, ans["response"])
+        strict.append(s)
+        loose.append(lo)
+        records.append({"key": row["key"], "prompt": row["prompt"], **ans,
+                        "instruction_id_list": row["instruction_id_list"],
+                        "follow_instruction_list_strict": s, "follow_instruction_list_loose": lo,
+                        "follow_all_instructions_strict": all(s), "follow_all_instructions_loose": all(lo)})
+    scores = {**accuracies(strict, loose),
+              "ci95": bootstrap(strict, loose, resamples=bootstrap_resamples, seed=seed),
+              "num_prompts": len(rows), "num_instructions": sum(len(s) for s in strict),
+              "bootstrap": {"resamples": bootstrap_resamples, "seed": seed, "unit": "prompt"}}
+    return records, scores
+
+
 def ifeval(*, model=None, output, data=None, limit: int | None = None, max_tokens: int = 512, responses=None,
            bootstrap_resamples: int = 1000, seed: int = 0, dtype=None, device=None) -> dict:
     """Answer (or read the answers to) IFEval's prompts, score them, write OUT/ifeval_responses.jsonl and
@@ -128,24 +147,18 @@ def ifeval(*, model=None, output, data=None, limit: int | None = None, max_token
     if responses is not None:
         answers = [{"response": r} for r in read_responses(responses, rows)]
     else:
-        answers, gen_stats = generate(model=model, rows=rows, max_tokens=max_tokens, dtype=dtype, device=device)
-    from .ifeval_checks import check
+        from .. import load_model
+        from ..engine import Engine
 
-    strict, loose, records = [], [], []
-    for row, ans in zip(rows, answers):
-        s, lo = check(row, ans["response"])
-        strict.append(s)
-        loose.append(lo)
-        records.append({"key": row["key"], "prompt": row["prompt"], **ans,
-                        "instruction_id_list": row["instruction_id_list"],
-                        "follow_instruction_list_strict": s, "follow_instruction_list_loose": lo,
-                        "follow_all_instructions_strict": all(s), "follow_all_instructions_loose": all(lo)})
-    scores = {**accuracies(strict, loose),
-              "ci95": bootstrap(strict, loose, resamples=bootstrap_resamples, seed=seed),
-              "num_prompts": len(rows), "num_instructions": sum(len(s) for s in strict),
-              "bootstrap": {"resamples": bootstrap_resamples, "seed": seed, "unit": "prompt"},
-              "source": {"model": str(model)} if model is not None else {"responses": str(responses)},
-              "data": str(data or default_data())}
+        m, tok = load_model(model, dtype=dtype, device=device)
+        engine = Engine(m, tok)
+        t0 = time.perf_counter()
+        answers = answer(engine, rows, max_tokens)
+        gen_stats = generation_stats(answers, time.perf_counter() - t0, max_tokens)
+        engine.release()
+    records, scores = score(rows, answers, bootstrap_resamples=bootstrap_resamples, seed=seed)
+    scores["source"] = {"model": str(model)} if model is not None else {"responses": str(responses)}
+    scores["data"] = str(data or default_data())
     if gen_stats is not None:
         scores["generation"] = gen_stats
     write_jsonl(out / "ifeval_responses.jsonl", records)

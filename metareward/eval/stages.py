@@ -4,6 +4,8 @@ iteration t produced). Each measurement is optional: a win rate against the init
 answers, judged in both orders by a judge model; IFEval; the model's agreement as a judge with human labels."""
 from __future__ import annotations
 
+import time
+
 from ..engine import SamplingParams
 from ..errors import UserError, warn
 from ..io import read_jsonl
@@ -11,7 +13,7 @@ from ..judging import load_template
 from ..prompts import read_prompts
 from ..stage import Context, Stage, split
 from ..trainer.distributed import gathered
-from . import formats
+from . import formats, ifeval
 from .commands import agreement, head_to_head, report_of
 from .serving import answer, serving
 
@@ -68,10 +70,16 @@ def _winrate(ctx: Context) -> dict | None:
 
 
 def _ifeval(ctx: Context, engine, name: str) -> dict:
-    from .ifeval import evaluate
+    """IFEval's accuracies of the model in hand (greedy answers, each process its share); the answers and
+    their checks go to `name`, the scores (with 95% bootstrap intervals over prompts) into the stage's state."""
     c = ctx.cfg.eval.ifeval
-    return evaluate(engine, data=c.data, limit=c.limit, max_tokens=c.max_tokens, output=ctx.dir / name,
-                    desc=f"iter {ctx.t} IFEval", dist=ctx.dist)
+    rows = ifeval.load_data(c.data, c.limit)
+    t0 = time.perf_counter()
+    answers = split(ctx.dist, rows, lambda rs: ifeval.answer(engine, rs, c.max_tokens, f"iter {ctx.t} IFEval"))
+    records, scores = ifeval.score(rows, answers, seed=ctx.cfg.seed)
+    ctx.write(name, records)
+    return {**scores, "data": c.data, "generation": ifeval.generation_stats(answers, time.perf_counter() - t0,
+                                                                             c.max_tokens)}
 
 
 def _agreement(ctx: Context, engine) -> dict:

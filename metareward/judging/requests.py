@@ -37,14 +37,14 @@ class Judged:
     value: object  # a score, "first"/"second", "A"/"B"/"tie"; None when the answer holds none
 
 
-def judge(engine: Engine, prompts: list[str], params: SamplingParams | list[SamplingParams], reader: Reader,
-          mode: str, desc: str) -> list[list[Judged] | None]:
-    """Each prompt (one user message) answered params.n times and read; None for a prompt that leaves no room
-    for its answer in the context (a warning says how many)."""
+def judge(engine: Engine, prompts: list[str | list[dict]], params: SamplingParams | list[SamplingParams],
+          reader: Reader, mode: str, desc: str) -> list[list[Judged] | None]:
+    """Each prompt (a user message, or a conversation: see templates.py) answered params.n times and read; None
+    for a prompt that leaves no room for its answer in the context (a warning says how many)."""
     if mode not in MODES:
         raise UserError(f"unknown judging mode {mode!r}: choose parse or expected")
     params = params if isinstance(params, list) else [params] * len(prompts)
-    ids = [engine.encode([{"role": "user", "content": p}]) for p in prompts]
+    ids = [engine.encode([{"role": "user", "content": p}] if isinstance(p, str) else p) for p in prompts]
     expected = mode == "expected"
     outs = generate_fitting(engine, ids, params, reader.prefix if expected else "", desc)
     if not expected:

@@ -5,6 +5,11 @@ A template must contain every placeholder of its role (ROLES). The rubric is wri
 default files (no include mechanism), so that each file is exactly the text its role sees; whoever edits
 the rubric edits both.
 
+A template is one user message, or a conversation (a system prompt, few-shot examples) written as sections
+that each start with a line `===== system`, `===== user` or `===== assistant`; the last section is the user
+message that holds the placeholders' values, and the judge answers after it. Small models (SmolLM2-135M)
+write a `Score:` line only when shown a few examples as earlier turns.
+
 Rendering replaces only `{name}` for the role's own names, in one pass, with a function as replacement:
 text the values bring in (a question with `{response}` or `\\1` in it, code with braces) is never read
 again as a template, and every other brace in the template stays as it is. str.format would do neither.
@@ -26,14 +31,44 @@ ROLES: dict[str, tuple[str, ...]] = {
 DEFAULT_DIR = Path(__file__).with_name("templates")
 
 
+SECTION = re.compile(r"^===== (system|user|assistant)[ \t]*$", re.M)
+
+
 @dataclass(frozen=True)
 class Template:
     role: str
     text: str
     path: str  # where it came from, for messages
 
-    def render(self, **values: str) -> str:
-        return render(self.text, ROLES[self.role], values)
+    def render(self, **values: str) -> str | list[dict]:
+        """The prompt: a string (a one-message template: the user message, TRL's standard form) or the list
+        of messages of a conversation template."""
+        turns = sections(self.text)
+        if turns is None:
+            return render(self.text, ROLES[self.role], values)
+        return [{"role": r, "content": render(c, ROLES[self.role], values)} for r, c in turns]
+
+
+def sections(text: str) -> list[tuple[str, str]] | None:
+    """(role, content) of each section of a conversation template; None for a one-message template."""
+    marks = list(SECTION.finditer(text))
+    if not marks:
+        return None
+    if text[:marks[0].start()].strip():
+        raise ValueError("text before the first '===== <role>' line")
+    out = []
+    for m, nxt in zip(marks, marks[1:] + [None]):
+        content = text[m.end():nxt.start() if nxt else len(text)].strip("\n")
+        if not content.strip():
+            raise ValueError(f"the '===== {m.group(1)}' section at line {text.count(chr(10), 0, m.start()) + 1} "
+                             f"is empty")
+        out.append((m.group(1), content))
+    roles = [r for r, _ in out]
+    if "system" in roles[1:]:
+        raise ValueError("a system section may only come first")
+    if roles[-1] != "user":
+        raise ValueError("the last section must be '===== user' (the judge answers after it)")
+    return out
 
 
 def default_path(role: str) -> Path:
@@ -52,10 +87,16 @@ def load_template(role: str, path: str | os.PathLike | None = None) -> Template:
         text = file.read_text(encoding="utf-8-sig").rstrip()
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"cannot read {role} template {file}: {e}") from None
-    missing = [name for name in ROLES[role] if "{" + name + "}" not in text]
+    try:
+        turns = sections(text)
+    except ValueError as e:
+        raise UserError(f"{file}: {e}") from None
+    last = turns[-1][1] if turns else text  # the placeholders belong in the message the judge answers
+    missing = [name for name in ROLES[role] if "{" + name + "}" not in last]
     if missing:
         names = ", ".join("{" + name + "}" for name in missing)
-        raise UserError(f"{file}: the {role} template is missing placeholder(s) {names}")
+        raise UserError(f"{file}: the {role} template is missing placeholder(s) {names}"
+                        + (" in its last (user) section" if turns else ""))
     return Template(role, text, str(file))
 
 

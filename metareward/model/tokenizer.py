@@ -47,10 +47,6 @@ def chat_ids(tok, messages: list[dict], add_generation_prompt: bool = True) -> l
     return tok.encode(text, add_special_tokens=False)
 
 
-def raw_ids(tok, text: str) -> list[int]:
-    return tok.encode(text, add_special_tokens=True)
-
-
 def _bytes_to_unicode() -> list[str]:
     # GPT-2's map from the 256 byte values to printable characters, the alphabet of ByteLevel BPE.
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))

@@ -131,9 +131,9 @@ def _eval(plt, run: Path, iters: list) -> object:
         "win rate": [(t, e["winrate"]["win_rate"], e["winrate"]["win_rate_ci95"]) for t, e in points
                      if e.get("winrate")],
         "IFEval prompt-strict": [(t, e["ifeval"]["prompt_level_strict_acc"],
-                                  e["ifeval"].get("prompt_level_strict_acc_ci95")) for t, e in points if e.get("ifeval")],
+                                  e["ifeval"]["ci95"].get("prompt_level_strict_acc")) for t, e in points if e.get("ifeval")],
         "IFEval inst-strict": [(t, e["ifeval"]["inst_level_strict_acc"],
-                                e["ifeval"].get("inst_level_strict_acc_ci95")) for t, e in points if e.get("ifeval")],
+                                e["ifeval"]["ci95"].get("inst_level_strict_acc")) for t, e in points if e.get("ifeval")],
         "judge agreement (pairwise)": [(t, e["judge_agreement"]["pairwise"]["accuracy"], None) for t, e in points
                                        if e.get("judge_agreement")],
     }

@@ -50,10 +50,10 @@ class ActorPair:  # actor_pairs.jsonl (TRL's prompt/chosen/rejected, plus where 
 
 
 @dataclass(frozen=True)
-class JudgePair:  # judge_pairs.jsonl: the prompt is the judge prompt of the response
+class JudgePair:  # judge_pairs.jsonl: the prompt is the judge prompt of the response (text, or messages)
     prompt_id: str
     response_index: int
-    prompt: str
+    prompt: str | list
     chosen: str
     rejected: str
     chosen_judgment: int

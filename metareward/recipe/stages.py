@@ -29,8 +29,10 @@ def _generation(ctx: Context, fn) -> dict:
     t0 = time.perf_counter()
     with gathered(model):
         stats = fn(engine)
-    out, sec = st.output_tokens - s0[0], st.seconds - s0[1]
-    prompt, cached = st.prompt_tokens - s0[2], st.cached_tokens - s0[3]
+    mine = (st.output_tokens - s0[0], st.seconds - s0[1], st.prompt_tokens - s0[2], st.cached_tokens - s0[3])
+    parts = ctx.dist.all_gather_object(mine)  # the whole stage's counts: every process generates its share
+    out, prompt, cached = (sum(p[i] for p in parts) for i in (0, 2, 3))
+    sec = max(p[1] for p in parts)  # side by side
     return {**stats, "seconds": time.perf_counter() - t0, "output_tokens": out, "tokens_per_s": out / max(sec, 1e-9),
             "prompt_tokens": prompt, "prefix_cache_hit_rate": cached / max(prompt, 1)}
 

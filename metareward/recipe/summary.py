@@ -82,7 +82,7 @@ def _eval_lines(e: dict | None, who: str) -> list[str]:
     i = e.get("ifeval")
     if i:
         lines.append(f"{who} IFEval prompt-strict {_f(i['prompt_level_strict_acc'])} inst-strict "
-                     f"{_f(i['inst_level_strict_acc'])} (n {i['n']})")
+                     f"{_f(i['inst_level_strict_acc'])} (n {i['num_prompts']})")
     j = e.get("judge_agreement")
     if j:
         lines.append(f"{who} judge agreement ({j['data']}): pointwise {_f(j['pointwise']['accuracy'])}, pairwise "

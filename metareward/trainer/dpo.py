@@ -10,7 +10,7 @@ from typing import Callable
 import torch
 from tqdm.auto import tqdm
 
-from ..config import DPOConfig
+from .config import DPOConfig
 from ..errors import UserError
 from ..model.attention import Packed
 from ..utils import peak_memory, reset_peak_memory

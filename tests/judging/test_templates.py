@@ -113,3 +113,54 @@ def test_unknown_role():
     with pytest.raises(ValueError, match="unknown template role"):
         load_template("actor")
 
+
+
+CONVERSATION = """===== system
+You grade. Reply 'Score: N'.
+===== user
+Question: Name a color.
+Response: {not a placeholder} Blue.
+===== assistant
+Score: 5
+
+===== user
+Question: {question}
+Response: {response}
+"""
+
+
+def test_conversation_template_renders_messages_and_the_judge_sees_them(tmp_path):
+    f = tmp_path / "judge.txt"
+    f.write_text(CONVERSATION)
+    t = load_template("judge", f)
+    msgs = t.render(question="2+2? {response}", response="4")
+    assert msgs == [{"role": "system", "content": "You grade. Reply 'Score: N'."},
+                    {"role": "user", "content": "Question: Name a color.\nResponse: {not a placeholder} Blue."},
+                    {"role": "assistant", "content": "Score: 5"},
+                    {"role": "user", "content": "Question: 2+2? {response}\nResponse: 4"}]
+    # through the engine: exactly the chat template's tokens of those messages
+    from metareward import load_model
+    from metareward.engine import Engine, SamplingParams
+    from metareward.judging import scores
+    from metareward.model.tokenizer import chat_ids
+    model, tok = load_model("tiny-random")
+    engine = Engine(model, tok, kv_cache_memory=2**24)
+    got = scores(engine, [("2+2? {response}", "4")], SamplingParams(max_tokens=3, temperature=0), mode="parse",
+                 template=t)
+    want = engine.generate([chat_ids(tok, msgs)], SamplingParams(max_tokens=3, temperature=0))
+    assert got[0][0].text == want[0].samples[0].text
+
+
+@pytest.mark.parametrize("text, message", [
+    ("preamble\n===== user\n{question} {response}", "text before the first"),
+    ("===== user\n{question} {response}\n===== assistant\nScore: 1", "last section must be '===== user'"),
+    ("===== user\nq\n===== system\ns\n===== user\n{question} {response}", "system section may only come first"),
+    ("===== system\n\n===== user\n{question} {response}", "section at line 1 is empty"),
+    ("===== user\n{question}\n===== user\n{response}", r"missing placeholder\(s\) \{question\} in its last"),
+])
+def test_conversation_template_errors(tmp_path, text, message):
+    f = tmp_path / "judge.txt"
+    f.write_text(text)
+    with pytest.raises(UserError, match=message) as e:
+        load_template("judge", f)
+    assert str(f) in str(e.value)

@@ -59,7 +59,8 @@ def test_run_with_eval_stage_and_report(tmp_path, capsys, monkeypatch, shared_da
     rc = main(["run", "--model", "tiny-random", "--prompts", str(ROOT / "examples" / "prompts.jsonl"),
                "--output-dir", str(out), *SETTINGS, f"eval.judge_agreement.data={llmbar}",
                "eval.judge_agreement.limit=2", "eval.judge_agreement.mode=expected",
-               "eval.judge_agreement.max_tokens=4"])
+               "eval.judge_agreement.max_tokens=4", f"eval.ifeval.data={shared_data / 'ifeval_input_data.jsonl'}",
+               "eval.ifeval.limit=3", "eval.ifeval.max_tokens=8"])
     assert rc == 0, capsys.readouterr().err[-3000:]
     assert calls == [3, 3]
     d = out / "iter_1"
@@ -92,6 +93,20 @@ def test_run_with_eval_stage_and_report(tmp_path, capsys, monkeypatch, shared_da
     for e in (s["eval"], s["eval_initial"]):  # M_1's and M_0's agreement with LLMBar's human labels
         j = e["judge_agreement"]
         assert j["n"] == 2 and j["mode"] == "expected" and 0 <= j["pairwise"]["accuracy"] <= 1
+
+    # IFEval of M_0 and M_1: greedy answers to the first 3 prompts, scored by lm-eval's checks
+    from metareward.eval import ifeval
+    data = ifeval.load_data(shared_data / "ifeval_input_data.jsonl", 3)
+    for name, key, weights in (("eval_initial_ifeval_responses.jsonl", "eval_initial", "tiny-random"),
+                               ("eval_ifeval_responses.jsonl", "eval", str(d / "checkpoint"))):
+        recs = rows_of(d / name)
+        assert [r["key"] for r in recs] == [r["key"] for r in data]
+        assert [r["response"] for r in recs] == greedy(*load_model(weights), [r["prompt"] for r in data], 8)
+        _, want = ifeval.score(data, recs, seed=0)
+        got = s[key]["ifeval"]
+        assert got["num_prompts"] == 3 and got["generation"]["output_tokens"] == sum(r["num_tokens"] for r in recs)
+        for m in ifeval.METRICS:
+            assert got[m] == want[m] and got["ci95"][m] == want["ci95"][m]
 
     assert main(["report", str(out)]) == 0
     assert (out / "report" / "eval.png").stat().st_size > 1000

@@ -141,6 +141,8 @@ def _same(a, b, where):
     elif isinstance(a, dict):
         assert a.keys() == b.keys(), where
         for k in a:
+            if k == "rewards/accuracies" and abs(a.get("rewards/margins", 1.0)) < 1e-5:
+                continue  # the first step of an iteration: policy = reference, every margin is rounding noise
             _same(a[k], b[k], f"{where}.{k}")
     elif isinstance(a, list):
         assert len(a) == len(b), where

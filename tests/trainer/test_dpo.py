@@ -138,10 +138,17 @@ def test_torchrun_two_processes_match_one_process(pairs_file, tmp_path):
     assert len(a) == len(b) == 4
     for x, y in zip(a, b):
         assert abs(x["loss"] - y["loss"]) <= 1e-4 and x["pairs"] == y["pairs"]
+    m0, _ = metareward.load_model("tiny-random")
     m1, _ = metareward.load_model(tmp_path / "one")
     m2, _ = metareward.load_model(tmp_path / "two")
-    for p, q in zip(m1.parameters(), m2.parameters()):
-        torch.testing.assert_close(p, q, rtol=1e-4, atol=1e-5)
+    # Adam divides by sqrt(v): an element whose gradient is near zero may move by up to lr on summation-order
+    # noise alone, so elementwise tolerances are wrong here. The updates as a whole must agree, and no element
+    # may differ by more than one step could move it.
+    d1 = torch.cat([(p - p0).flatten() for p, p0 in zip(m1.parameters(), m0.parameters())]).double()
+    d2 = torch.cat([(q - p0).flatten() for q, p0 in zip(m2.parameters(), m0.parameters())]).double()
+    assert d1.norm() > 0
+    assert (d1 - d2).norm() <= 1e-3 * d1.norm(), ((d1 - d2).norm() / d1.norm()).item()
+    assert (d1 - d2).abs().max() <= 1e-3
 
 
 @pytest.mark.parametrize("rows, message", [
