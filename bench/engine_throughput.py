@@ -489,9 +489,11 @@ def model_main(args) -> int:
             e()
         responses = [(r["prompt"], s.text) for r, o in zip(rows, e.outs) for s in o.samples]
     if "judge" in workloads:  # the recipe's judge template over the actor's responses, N judgments each
-        template = load_template("judge")
-        judge = [chat_ids(tok, [{"role": "user", "content": template.render(question=q, response=a)}])
-                 for q, a in responses]
+        template = load_template("judge", args.judge_template)
+        judge = []
+        for q, a in responses:
+            msgs = template.render(question=q, response=a)  # one user message, or a few-shot conversation
+            judge.append(chat_ids(tok, [{"role": "user", "content": msgs}] if isinstance(msgs, str) else msgs))
         params = [SamplingParams(n=args.judge_n, temperature=0.8, top_p=0.95, max_tokens=args.judge_new, seed=i)
                   for i in range(len(judge))]
         e = engine_run(judge, params)
@@ -578,6 +580,9 @@ def main() -> int:
     ap.add_argument("--vllm", action="store_true", help="run vLLM alone on the plain workload")
     m = ap.add_argument_group("--model DIR: a real checkpoint on CPU against transformers on the same tensors")
     m.add_argument("--model", help="a model directory (e.g. /work/cache/smollm2-135m-f32)")
+    m.add_argument("--judge-template", default=None,
+                   help="judge: a template file (default: the built-in one; the SmolLM2 recipe's is "
+                        "examples/templates/smollm2_judge.txt)")
     m.add_argument("--workloads", default="greedy,actor,judge,host", help="comma list of greedy, actor, judge, host")
     m.add_argument("--prompts-file", default=str(SEED_PROMPTS), help="JSONL with a `prompt` field per line")
     m.add_argument("--greedy-new", type=int, default=96, help="greedy: new tokens (ignore_eos)")

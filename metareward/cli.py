@@ -243,10 +243,11 @@ def import_gguf_cmd(gguf_file, out_dir, dtype, force):
 @cli.command()
 @click.argument("run_dir", type=click.Path())
 def report(run_dir):
-    """Draw a run: RUN_DIR/report.html with PNG plots per iteration."""
+    """Draw a run: RUN_DIR/report.html with PNG plots per iteration, and its table as RUN_DIR/report.md."""
     from .recipe.report import report as draw
 
-    click.echo(f"wrote {draw(run_dir)}", err=True)
+    page = draw(run_dir)
+    click.echo(f"wrote {page} and {page.with_suffix('.md')}", err=True)
 
 
 def main(argv: list[str] | None = None) -> int:

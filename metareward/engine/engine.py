@@ -167,7 +167,9 @@ class Engine:
         for i, (x, p) in enumerate(zip(ids, params)):
             self.scheduler.add(self._new_seq(i, 0, x, p, capture))
         bar = tqdm(total=len(prompts), desc=desc, unit="req", disable=not use_tqdm, dynamic_ncols=True)
-        t0, out0, pre0 = time.perf_counter(), self.stats.output_tokens, self.scheduler.num_preemptions
+        st = self.stats
+        t0, out0, pre0 = time.perf_counter(), st.output_tokens, self.scheduler.num_preemptions
+        prompt0, cached0 = st.prompt_tokens, st.cached_tokens
         with bar, self.threads or contextlib.nullcontext():  # the bar closes before an error is printed
             while self.scheduler.has_work():
                 for seq in self.step():
@@ -177,9 +179,9 @@ class Engine:
                 if self.threads:
                     self.threads.update()
                 if use_tqdm:
-                    tok_s = (self.stats.output_tokens - out0) / max(time.perf_counter() - t0, 1e-9)
-                    bar.set_postfix_str(f"{tok_s:.0f} tok/s out, prefix cache {self.stats.hit_rate:.0%}",
-                                        refresh=False)
+                    tok_s = (st.output_tokens - out0) / max(time.perf_counter() - t0, 1e-9)
+                    hits = (st.cached_tokens - cached0) / max(1, st.prompt_tokens - prompt0)  # this call's
+                    bar.set_postfix_str(f"{tok_s:.0f} tok/s out, prefix cache {hits:.0%}", refresh=False)
         self.stats.seconds += time.perf_counter() - t0
         self.stats.preemptions += self.scheduler.num_preemptions - pre0
         return ids, done

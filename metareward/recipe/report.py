@@ -151,6 +151,27 @@ def _eval(plt, run: Path, iters: list) -> object:
     return fig
 
 
+COLUMNS = {  # per iteration: is the judge's signal usable, what was trained, how did the model move
+    "iteration": lambda t, s: t,
+    "trained": lambda t, s: "yes" if s.get("trained", True) else "NO",
+    "prompts": lambda t, s: s["prompts"],
+    "mean tokens": lambda t, s: _num(s["mean_response_tokens"], 1),
+    "valid judgments": lambda t, s: _pct(s["valid_judgment_rate"]),
+    "mean score ± sd": lambda t, s: f"{_num(s['mean_score'])} ± {_num(s['score_std'])}",
+    "valid verdicts": lambda t, s: _pct(s["valid_verdict_rate"]),
+    "first-shown wins": lambda t, s: _pct(s["first_shown_win_share"]),
+    "actor / judge pairs": lambda t, s: f"{s['pairs']['actor']} / {s['pairs']['judge']}",
+    "chosen / rejected tokens": lambda t, s: f"{_num(s['chosen_tokens_mean'], 0)} / "
+                                             f"{_num(s['rejected_tokens_mean'], 0)}",
+    "DPO loss, acc": lambda t, s: f"{_num((s['train'].get('final') or {}).get('loss'), 4)}, "
+                                  f"{_num((s['train'].get('final') or {}).get('rewards/accuracies'))}",
+    "win rate vs baseline": lambda t, s: _winrate((s.get("eval") or {}).get("winrate")),
+    "IFEval prompt / inst strict": lambda t, s: _ifeval((s.get("eval") or {}).get("ifeval")),
+    "judge agreement": lambda t, s: _num(((s.get("eval") or {}).get("judge_agreement") or {})
+                                         .get("pairwise", {}).get("accuracy")),
+}
+
+
 FIGURES = {"scores": _scores, "lengths_pairs": _lengths_pairs, "meta_judge": _meta_judge, "dpo": _dpo,
            "stages": _stages, "eval": _eval}
 
@@ -185,31 +206,9 @@ def report(run_dir: str | Path) -> Path:
         plt.close(fig)
         figs[name] = f"report/{name}.png"
 
-    cols = {  # per iteration: is the judge's signal usable, what was trained, how did the model move
-        "iteration": lambda t, s: t,
-        "trained": lambda t, s: "yes" if s.get("trained", True) else "NO",
-        "prompts": lambda t, s: s["prompts"],
-        "mean tokens": lambda t, s: _num(s["mean_response_tokens"], 1),
-        "valid judgments": lambda t, s: _pct(s["valid_judgment_rate"]),
-        "mean score ± sd": lambda t, s: f"{_num(s['mean_score'])} ± {_num(s['score_std'])}",
-        "valid verdicts": lambda t, s: _pct(s["valid_verdict_rate"]),
-        "first-shown wins": lambda t, s: _pct(s["first_shown_win_share"]),
-        "actor / judge pairs": lambda t, s: f"{s['pairs']['actor']} / {s['pairs']['judge']}",
-        "chosen / rejected tokens": lambda t, s: f"{_num(s['chosen_tokens_mean'], 0)} / "
-                                                 f"{_num(s['rejected_tokens_mean'], 0)}",
-        "DPO loss, acc": lambda t, s: f"{_num((s['train'].get('final') or {}).get('loss'), 4)}, "
-                                      f"{_num((s['train'].get('final') or {}).get('rewards/accuracies'))}",
-        "win rate vs baseline": lambda t, s: _winrate((s.get("eval") or {}).get("winrate")),
-        "IFEval prompt / inst strict": lambda t, s: _ifeval((s.get("eval") or {}).get("ifeval")),
-        "judge agreement": lambda t, s: _num(((s.get("eval") or {}).get("judge_agreement") or {})
-                                             .get("pairwise", {}).get("accuracy")),
-    }
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(f(t, s)))}</td>" for f in cols.values()) + "</tr>"
-                   for t, s in iters)
-    e0 = iters[0][1].get("eval_initial") or {}
-    initial = (f"<p>M_0: IFEval prompt / inst strict {html.escape(_ifeval(e0.get('ifeval')))}, judge agreement "
-               f"{_num((e0.get('judge_agreement') or {}).get('pairwise', {}).get('accuracy'))}</p>" if e0 else "")
+    head = "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in _table(iters))
+    initial = f"<p>{html.escape(_initial(iters))}</p>" if _initial(iters) else ""
     imgs = "".join(f'<h2>{html.escape(n)}</h2><img src="{src}" alt="{html.escape(n)}">' for n, src in figs.items())
     page = (f"<!doctype html><meta charset=utf-8><title>metareward run {html.escape(str(run))}</title>"
             "<style>body{font-family:sans-serif;max-width:1250px;margin:auto}td,th{padding:2px 8px}"
@@ -217,4 +216,30 @@ def report(run_dir: str | Path) -> Path:
             f"<h1>metareward run: {html.escape(str(run))}</h1><table><tr>{head}</tr>{body}</table>{initial}{imgs}")
     with atomic_write(run / "report.html") as f:
         f.write(page)
+    with atomic_write(run / "report.md") as f:
+        f.write(markdown(iters))
     return run / "report.html"
+
+
+def _table(iters: list) -> list[list[str]]:
+    return [[str(f(t, s)) for f in COLUMNS.values()] for t, s in iters]
+
+
+def _initial(iters: list) -> str:
+    e0 = iters[0][1].get("eval_initial") or {}
+    if not e0 or e0.get("skipped"):
+        return ""
+    return (f"M_0: IFEval prompt / inst strict {_ifeval(e0.get('ifeval'))}, judge agreement "
+            f"{_num((e0.get('judge_agreement') or {}).get('pairwise', {}).get('accuracy'))}")
+
+
+def markdown(iters: list) -> str:
+    """The report's table, M_0's measurements and the wall time of every stage, as Markdown (report.md)."""
+    def rows(header, body):
+        return "\n".join("| " + " | ".join(r) + " |" for r in [header, ["---"] * len(header), *body])
+    names = list(dict.fromkeys(n for _, s in iters for n in s["stages"]))
+    times = [[str(t)] + [_num(s["stages"].get(n, {}).get("seconds"), 1) for n in names]
+             + [_num(sum(v.get("seconds", 0.0) for v in s["stages"].values()), 1)] for t, s in iters]
+    parts = [rows(list(COLUMNS), _table(iters)), _initial(iters),
+             "Wall time per stage (seconds):", rows(["iteration", *names, "total"], times)]
+    return "\n\n".join(p for p in parts if p) + "\n"

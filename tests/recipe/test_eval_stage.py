@@ -112,6 +112,11 @@ def test_run_with_eval_stage_and_report(tmp_path, capsys, monkeypatch, shared_da
     assert (out / "report" / "eval.png").stat().st_size > 1000
     html = (out / "report.html").read_text()
     assert "eval.png" in html and "judge agreement" in html and "valid judgments" in html
+    md = (out / "report.md").read_text().splitlines()
+    assert md[0].startswith("| iteration | trained |") and md[2].startswith("| 1 | yes |")
+    assert any(line.startswith("M_0: IFEval prompt / inst strict") for line in md)
+    total = md[-1].split("|")[-2].strip()  # the stage table's last column: the iteration's wall time
+    assert float(total) == pytest.approx(sum(v["seconds"] for v in s["stages"].values()), abs=0.1)
 
 
 def context(tmp_path: Path, t: int, loaded, **winrate) -> Context:
