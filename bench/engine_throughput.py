@@ -37,10 +37,7 @@ from bench.harness import copy_bandwidth, report, time_fn  # noqa: E402
 from metareward.engine import Engine, SamplingParams  # noqa: E402
 from metareward.model import CausalLM, ModelConfig  # noqa: E402
 from metareward.model.tokenizer import chat_ids, tiny_tokenizer  # noqa: E402
-try:  # the templates' module moved with the judging package
-    from metareward.judging.templates import load_template  # noqa: E402
-except ImportError:
-    from metareward.recipe.templates import load_template  # noqa: E402
+from metareward.judging.templates import load_template  # noqa: E402
 
 T0 = time.perf_counter()
 LLAMA2_TOKENIZER = Path(__file__).resolve().parents[2] / "shared/data/tokenizers/llama2"

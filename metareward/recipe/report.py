@@ -31,10 +31,26 @@ def _pct(x) -> str:
 
 
 def _winrate(w: dict | None) -> str:
+    # the judge and how often its verdict survived swapping the order: a position-bound judge gives ~0.50
     if not w:
         return "n/a"
     ci = w.get("win_rate_ci95")
-    return f"{_num(w['win_rate'])}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "") + f" vs {w['baseline']}"
+    out = f"{_num(w['win_rate'])}" + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "") + f" vs {w['baseline']}"
+    if w.get("judge"):
+        out += f", judge {w['judge']}" + (f" ({w['verdict_mode']})" if w.get("verdict_mode") else "")
+    if w.get("position_consistency") is not None:
+        out += f", same verdict both orders {w['position_consistency']:.0%}"
+    return out
+
+
+def _agreement(j: dict | None) -> str:
+    # agreement with the human labels: pointwise (two rubric scores) / pairwise (verdict, both orders; ties
+    # are the pairs whose verdict flipped with the order)
+    if not j:
+        return "n/a"
+    pw = j.get("pairwise") or {}
+    ties = f" (ties {pw['judge_tie_rate']:.0%})" if pw.get("judge_tie_rate") is not None else ""
+    return f"{_num((j.get('pointwise') or {}).get('accuracy'))} / {_num(pw.get('accuracy'))}{ties}"
 
 
 def _ifeval(i: dict | None) -> str:
@@ -158,8 +174,10 @@ COLUMNS = {  # per iteration: is the judge's signal usable, what was trained, ho
     "mean tokens": lambda t, s: _num(s["mean_response_tokens"], 1),
     "valid judgments": lambda t, s: _pct(s["valid_judgment_rate"]),
     "mean score ± sd": lambda t, s: f"{_num(s['mean_score'])} ± {_num(s['score_std'])}",
+    "score ICC (p)": lambda t, s: f"{_num(s.get('score_icc'))} ({_num(s.get('score_icc_p'), 3)})",
     "valid verdicts": lambda t, s: _pct(s["valid_verdict_rate"]),
     "first-shown wins": lambda t, s: _pct(s["first_shown_win_share"]),
+    "same winner both orders": lambda t, s: _pct(s.get("order_consistency")),
     "actor / judge pairs": lambda t, s: f"{s['pairs']['actor']} / {s['pairs']['judge']}",
     "chosen / rejected tokens": lambda t, s: f"{_num(s['chosen_tokens_mean'], 0)} / "
                                              f"{_num(s['rejected_tokens_mean'], 0)}",
@@ -167,8 +185,7 @@ COLUMNS = {  # per iteration: is the judge's signal usable, what was trained, ho
                                   f"{_num((s['train'].get('final') or {}).get('rewards/accuracies'))}",
     "win rate vs baseline": lambda t, s: _winrate((s.get("eval") or {}).get("winrate")),
     "IFEval prompt / inst strict": lambda t, s: _ifeval((s.get("eval") or {}).get("ifeval")),
-    "judge agreement": lambda t, s: _num(((s.get("eval") or {}).get("judge_agreement") or {})
-                                         .get("pairwise", {}).get("accuracy")),
+    "judge agreement, pointwise / pairwise": lambda t, s: _agreement((s.get("eval") or {}).get("judge_agreement")),
 }
 
 
@@ -229,8 +246,8 @@ def _initial(iters: list) -> str:
     e0 = iters[0][1].get("eval_initial") or {}
     if not e0 or e0.get("skipped"):
         return ""
-    return (f"M_0: IFEval prompt / inst strict {_ifeval(e0.get('ifeval'))}, judge agreement "
-            f"{_num((e0.get('judge_agreement') or {}).get('pairwise', {}).get('accuracy'))}")
+    return (f"M_0: IFEval prompt / inst strict {_ifeval(e0.get('ifeval'))}, judge agreement pointwise / pairwise "
+            f"{_agreement(e0.get('judge_agreement'))}")
 
 
 def markdown(iters: list) -> str:

@@ -8,7 +8,8 @@ from collections import Counter
 
 from ..io import write_json
 from ..stage import Context, Stage
-from .rows import Judgment, Response
+from . import reliability
+from .rows import Judgment, MetaJudgment, Response
 
 
 def _share(part: int, whole: int) -> float | None:
@@ -27,6 +28,13 @@ def summary(ctx: Context) -> dict:
     responses = ctx.rows("responses.jsonl", Response)
     judgments = ctx.rows("judgments.jsonl", Judgment)
     scores = [j.score for j in judgments if j.score is not None]
+    per_response: dict[tuple, list[float]] = {}
+    for j in judgments:
+        if j.score is not None:
+            per_response.setdefault((j.prompt_id, j.response_index), []).append(j.score)
+    consistent, both_orders = reliability.order_consistency(
+        ((m.prompt_id, m.response_index), m.first, m.second, m.winner)
+        for m in ctx.rows("meta_judgments.jsonl", MetaJudgment))
     meta, ap, jp, tr = st["meta_judge"], st["actor_pairs"], st["judge_pairs"], st["train"]
     decided = jp["wins_first"] + jp["wins_second"]
     out = {
@@ -42,10 +50,14 @@ def summary(ctx: Context) -> dict:
         "mean_score": _share(math.fsum(scores), len(scores)),
         "score_std": _std(scores),
         "score_histogram": {str(b): sum(1 for s in scores if round(s) == b) for b in range(6)},
+        "score_icc": reliability.icc1(list(per_response.values())),
+        "score_icc_p": reliability.icc1_p_value(list(per_response.values()), seed=ctx.t),
         "unscored_responses": ap["unscored_responses"],
         "battles": meta["battles"],
         "valid_verdict_rate": _share(meta["battles"] - meta["invalid_verdicts"], meta["battles"]),
         "first_shown_win_share": _share(jp["wins_first"], decided),
+        "order_consistency": consistent,
+        "order_consistency_pairs": both_orders,
         "position_weights": {k: jp[k] for k in ("w1", "w2", "wins_first", "wins_second")},
         "elo_spread_mean": jp["elo_spread_mean"],
         "pairs": {"actor": ap["actor_pairs"], "judge": jp["judge_pairs"]},
@@ -90,6 +102,15 @@ def _eval_lines(e: dict | None, who: str) -> list[str]:
     return lines
 
 
+def _noise_note(s: dict) -> str:
+    # say it in words when neither role's output is distinguishable from chance
+    p, c = s.get("score_icc_p"), s.get("order_consistency")
+    if p is None or p <= 0.05 or (c is not None and c > 0.6):
+        return ""
+    return "\n  the judge's scores of one response agree no more than scores of different responses: its pairs " \
+           "may be noise (the model may be too weak to judge)"
+
+
 def render(s: dict) -> str:
     hist = " ".join(f"{k}:{v}" for k, v in s["score_histogram"].items())
     tr, fin = s["train"], s["train"].get("final") or {}
@@ -101,6 +122,9 @@ def render(s: dict) -> str:
         f" ± {_f(s['score_std'], '.2f')}  histogram {hist}",
         f"meta-judge battles {s['battles']}  valid {_f(s['valid_verdict_rate'], '.1%')}  first-shown wins "
         f"{_f(s['first_shown_win_share'], '.1%')}",
+        f"judge signal: score ICC(1) {_f(s['score_icc'])} (p {_f(s['score_icc_p'])} against shuffled scores; ~0: "
+        f"noise)  meta-judge same winner in both orders {_f(s['order_consistency'], '.1%')} of "
+        f"{s['order_consistency_pairs']} pairs (50%: a coin)" + _noise_note(s),
         f"pairs: actor {s['pairs']['actor']} (dropped {s['drops']['actor'] or 0}; chosen/rejected "
         f"{_f(s['chosen_tokens_mean'], '.0f')}/{_f(s['rejected_tokens_mean'], '.0f')} tokens)  judge "
         f"{s['pairs']['judge']} (dropped {s['drops']['judge'] or 0})",

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from metareward.judging import mean_score
-from metareward.recipe import elo, pairs
+from metareward.recipe import elo, pairs, reliability
 
 ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = ["iterations=2", "prompts_per_iteration=3", "actor.n=3", "actor.max_tokens=12", "judge.n=3",
@@ -87,6 +87,15 @@ def test_artifacts_and_schemas(reference_run):
         assert s["responses"] == 9 and s["trained"] and set(s["pairs"]) == {"actor", "judge"}
         assert {"actor", "judge", "meta_judge", "train", "eval"} <= set(s["stages"])
         assert s["eval"]["winrate"]["n"] == 2 and s["eval"]["winrate"]["baseline"] == "M_0"
+        # the judge's signal checks, recomputed from the artifacts (recipe/reliability.py's own tests hold the math)
+        scores = {}
+        for r in rows(d / "judgments.jsonl"):
+            if r["score"] is not None:
+                scores.setdefault((r["prompt_id"], r["response_index"]), []).append(r["score"])
+        assert s["score_icc"] == reliability.icc1(list(scores.values()))
+        assert (s["order_consistency"], s["order_consistency_pairs"]) == reliability.order_consistency(
+            ((m["prompt_id"], m["response_index"]), m["first"], m["second"], m["winner"]) for m in meta)
+        assert s["order_consistency_pairs"] <= s["battles"] // 2
         # shared with the group and others as the umask says, not 0600 as mkstemp creates
         umask = os.umask(0)
         os.umask(umask)
